@@ -1,0 +1,214 @@
+"""The ``nanochat`` command line (click).
+
+Plugins are loaded before click parses the arguments, so that plugin commands appear in
+``--help``; ``-p NAME`` / ``-p no:NAME`` are read from the arguments first for that reason.
+Errors meant for the user print one line and exit non-zero; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from nanochat.core import registry as registry_module
+from nanochat.core.errors import NanochatError, UsageError
+from nanochat.core.registry import normalize_kind
+
+_DEBUG_FLAG = "--debug"
+
+
+def scan_plugin_options(args: Sequence[str]) -> list[str]:
+    """The values of global ``-p``/``--plugin`` options that come before the subcommand."""
+    values: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg in ("-p", "--plugin") and index + 1 < len(args):
+            values.append(args[index + 1])
+            index += 2
+            continue
+        if arg.startswith("--plugin="):
+            values.append(arg.split("=", 1)[1])
+        elif arg.startswith("-p") and len(arg) > 2:
+            values.append(arg[2:])
+        elif not arg.startswith("-"):
+            break
+        index += 1
+    return values
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-p", "--plugin", "plugin_options", multiple=True, metavar="NAME",
+    help="Enable plugin NAME, or block it with no:NAME (repeatable).",
+)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="nanochat", prog_name="nanochat")
+def cli(plugin_options: tuple[str, ...], debug: bool) -> None:
+    """nanochat: train a small ChatGPT-like model end to end, and serve it.
+
+    Everything is a plugin: list them with `nanochat plugins`, the components they give with
+    `nanochat list KIND`, and compose a pipeline with `nanochat run STAGE...`.
+
+    \b
+    Environment:
+      NANOCHAT_HOME                       where runs live (default ~/.cache/nanochat)
+      NANOCHAT_DISABLE_PLUGIN_AUTOLOAD=1  load only built-in plugins (plus -p NAME)
+      NANOCHAT_STRICT_PLUGINS=1           fail when a plugin cannot be loaded
+    """
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--all", "show_all", is_flag=True, help="Also list blocked and not-loaded plugins.")
+def plugins_command(as_json: bool, show_all: bool) -> None:
+    """List plugins with their version, status, hooks and components."""
+    reg = registry_module.get_registry()
+    infos = [
+        p for p in reg.plugins if show_all or p.status in ("loaded", "failed")
+    ]
+    if as_json:
+        click.echo(json.dumps([p.as_dict() for p in infos], indent=2))
+        return
+    if not infos:
+        click.echo("no plugins")
+        return
+    for p in infos:
+        origin = "built-in" if p.builtin else (p.distribution or "registered in code")
+        click.echo(f"{p.name} {p.version or ''} [{p.status}] ({origin})".replace("  ", " "))
+        if p.error:
+            click.echo(f"    error: {p.error}")
+        if p.components:
+            click.echo(f"    components: {', '.join(sorted(p.components))}")
+        if p.hooks:
+            click.echo(f"    hooks: {', '.join(sorted(p.hooks))}")
+
+
+@cli.command("list")
+@click.argument("kind")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def list_command(kind: str, as_json: bool) -> None:
+    """List the components of KIND (models, tokenizers, datasets, stages, evals, servers,
+    tools, loggers) or the presets."""
+    reg = registry_module.get_registry()
+    if kind in ("preset", "presets"):
+        rows = [
+            {"name": name, "plugin": plugin, "summary": preset.summary,
+             "overrides": dict(preset.overrides)}
+            for name, (plugin, preset) in sorted(reg.presets().items())
+        ]
+        if as_json:
+            click.echo(json.dumps(rows, indent=2, default=str))
+        for row in [] if as_json else rows:
+            click.echo(f"{row['name']:<16} {row['summary']}  [{row['plugin']}]")
+        return
+    kind = normalize_kind(kind)
+    ambiguous = reg.ambiguous_names(kind)
+    rows = []
+    for item in reg.components(kind):
+        rows.append({
+            "name": item.spec.name,
+            "qualified_name": item.qualified_name,
+            "plugin": item.plugin,
+            "summary": item.spec.summary,
+            "ambiguous": item.spec.name in ambiguous,
+            **({"data_kind": item.spec.extra["data_kind"]} if "data_kind" in item.spec.extra
+               else {}),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no {kind}s are registered")
+    for row in rows:
+        name = row["qualified_name"] if row["ambiguous"] else row["name"]
+        tag = f"({row['data_kind']}) " if "data_kind" in row else ""
+        click.echo(f"{name:<24} {tag}{row['summary']}  [{row['plugin']}]")
+
+
+@cli.command("run", context_settings={"show_default": True})
+@click.argument("stages", nargs=-1, required=True)
+@click.option("--run", "run_name", default="default", help="Run name (folder under runs/).")
+@click.option("--preset", default=None, help="Apply a preset's options first.")
+@click.option("-o", "--option", "overrides", multiple=True, metavar="SCOPE.KEY=VALUE",
+              help="Override an option, e.g. -o pretrain.steps=100 (repeatable).")
+@click.option("--model", default=None, help="Model plugin name [default: gpt].")
+@click.option("--tokenizer", default=None, help="Tokenizer plugin name [default: rustbpe].")
+@click.option("--log", "loggers", multiple=True, metavar="NAME",
+              help="Extra metric logger (console and jsonl are always on), e.g. wandb.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cuda", "mps", "cpu"]),
+              help="Where to compute.")
+def run_command(
+    stages: tuple[str, ...], run_name: str, preset: str | None, overrides: tuple[str, ...],
+    model: str | None, tokenizer: str | None, loggers: tuple[str, ...], device: str,
+) -> None:
+    """Run STAGES in order in run NAME, skipping finished ones and resuming an interrupted one.
+
+    A stage is a stage plugin's name (`pretrain`, `plugin/name`) or `eval:NAME` for an evaluator.
+    Works the same under `torchrun --nproc_per_node=N`.
+    """
+    from nanochat.core.pipeline import plan_run, run_pipeline
+    from nanochat.core.runtime import torchrun_env
+
+    reg = registry_module.get_registry()
+    plan = plan_run(reg, stages, run_name, preset, overrides, model, tokenizer, loggers, device)
+    runtime = None
+    if torchrun_env()[2] > 1:
+        from nanochat.core.runtime import init_runtime
+
+        runtime = init_runtime(device)
+    try:
+        run_pipeline(plan, reg, runtime)
+    finally:
+        if runtime is not None:
+            runtime.shutdown()
+
+
+def build_cli(reg: Any) -> click.Group:
+    """The CLI group with every plugin's extra commands added."""
+    reg.manager.hook.nanochat_register_commands(cli=cli)
+    return cli
+
+
+def _report(exc: BaseException, debug: bool) -> int:
+    if debug:
+        raise exc
+    if isinstance(exc, NanochatError):
+        click.echo(f"Error: {exc}", err=True)
+        return exc.exit_code
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    click.echo(
+        f"Error: {type(exc).__name__}: {message} (run with --debug for the traceback)", err=True
+    )
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: load plugins, add their commands, run, report errors."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _DEBUG_FLAG in args
+    code = 0
+    try:
+        registry_module.configure(scan_plugin_options(args))
+        group = build_cli(registry_module.get_registry())
+        group.main(args=args, prog_name="nanochat", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        code = 130
+    except UsageError as exc:
+        code = _report(exc, debug)
+    except Exception as exc:  # noqa: BLE001 - the top level turns errors into one line
+        code = _report(exc, debug)
+    sys.exit(code)

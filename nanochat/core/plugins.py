@@ -1,0 +1,177 @@
+"""Loading plugins: our own loop over the ``nanochat`` entry points, one status per plugin.
+
+A plugin that fails to import is recorded as ``failed`` with its exception and one warning line
+goes to stderr; everything else keeps working. ``NANOCHAT_STRICT_PLUGINS=1`` makes such a failure
+raise instead. ``NANOCHAT_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the built-in distributions;
+``-p NAME`` enables one plugin and ``-p no:NAME`` blocks one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from nanochat.core import hookspecs
+from nanochat.core.errors import PluginLoadError
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "nanochat"
+BUILTIN_DISTRIBUTIONS = frozenset(
+    {"nanochat", "nanochat-stages", "nanochat-datasets", "nanochat-evals"}
+)
+ENV_DISABLE_AUTOLOAD = "NANOCHAT_DISABLE_PLUGIN_AUTOLOAD"
+ENV_STRICT = "NANOCHAT_STRICT_PLUGINS"
+
+
+@dataclass
+class PluginInfo:
+    """What the core knows about one plugin (an entry point, or an object registered in code)."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+    status: str  # loaded | failed | blocked | not-loaded
+    error: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    components: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form used by ``nanochat plugins --json``."""
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "builtin": self.builtin,
+            "status": self.status,
+            "hooks": sorted(self.hooks),
+            "components": sorted(self.components),
+            "error": self.error,
+        }
+
+
+def env_flag(name: str) -> bool:
+    """True when the environment variable ``name`` is set to a true-ish value."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class PluginSelection:
+    """Which plugins to enable or block, from ``-p`` options and the environment."""
+
+    enabled: frozenset[str] = frozenset()
+    blocked: frozenset[str] = frozenset()
+    autoload: bool = True
+    strict: bool = False
+
+    @classmethod
+    def from_options(cls, options: Sequence[str] = ()) -> PluginSelection:
+        """Build from ``-p NAME`` / ``-p no:NAME`` values and the environment variables."""
+        enabled, blocked = set(), set()
+        for option in options:
+            if option.startswith("no:"):
+                blocked.add(option[3:])
+                enabled.discard(option[3:])
+            else:
+                enabled.add(option)
+                blocked.discard(option)
+        return cls(
+            enabled=frozenset(enabled),
+            blocked=frozenset(blocked),
+            autoload=not env_flag(ENV_DISABLE_AUTOLOAD),
+            strict=env_flag(ENV_STRICT),
+        )
+
+
+def create_plugin_manager() -> pluggy.PluginManager:
+    """A plugin manager with nanochat's hookspecs and no plugin loaded."""
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def _hook_names(plugin: object) -> list[str]:
+    return [
+        name
+        for name in dir(plugin)
+        if name.startswith("nanochat_") and callable(getattr(plugin, name, None))
+    ]
+
+
+def _entry_point_info(ep: EntryPoint) -> tuple[str | None, str | None]:
+    dist = ep.dist
+    if dist is None:
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+def discover_entry_points() -> list[EntryPoint]:
+    """Every entry point of group ``nanochat``, once per name (first on ``sys.path`` wins)."""
+    seen: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        seen.setdefault(ep.name, ep)
+    return sorted(seen.values(), key=lambda ep: ep.name)
+
+
+def load_plugins(
+    manager: pluggy.PluginManager,
+    selection: PluginSelection,
+    eps: Iterable[EntryPoint] | None = None,
+) -> list[PluginInfo]:
+    """Load each entry point allowed by ``selection`` into ``manager``; return every plugin's info.
+
+    Raises:
+        PluginLoadError: a plugin failed to import and ``selection.strict`` is set.
+    """
+    infos: list[PluginInfo] = []
+    for ep in discover_entry_points() if eps is None else eps:
+        distribution, version = _entry_point_info(ep)
+        builtin = (distribution or ep.name) in BUILTIN_DISTRIBUTIONS
+        info = PluginInfo(ep.name, distribution, version, builtin, status="not-loaded")
+        infos.append(info)
+        if ep.name in selection.blocked:
+            info.status = "blocked"
+            manager.set_blocked(ep.name)
+            continue
+        if not (builtin or selection.autoload or ep.name in selection.enabled):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a plugin's import failure must be isolated
+            info.status = "failed"
+            info.error = f"{type(exc).__name__}: {exc}"
+            if selection.strict:
+                raise PluginLoadError(f"plugin {ep.name!r} failed to load: {info.error}") from exc
+            print(
+                f"nanochat: warning: plugin {ep.name!r} failed to load ({info.error}); "
+                "it is skipped",
+                file=sys.stderr,
+            )
+            continue
+        register_plugin(manager, plugin, ep.name)
+        info.status = "loaded"
+        info.hooks = _hook_names(plugin)
+    return infos
+
+
+def register_plugin(manager: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """Register a loaded plugin object (module or instance) under ``name``."""
+    if isinstance(plugin, ModuleType) or not isinstance(plugin, type):
+        manager.register(plugin, name=name)
+    else:
+        manager.register(plugin(), name=name)
+
+
+def load_module_plugin(name: str) -> ModuleType:
+    """Import a plugin module by dotted name (used for plugins registered in code)."""
+    return importlib.import_module(name)

@@ -1,0 +1,1 @@
+"""Built-in metric loggers: console, JSONL, wandb."""

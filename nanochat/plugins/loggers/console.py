@@ -1,0 +1,53 @@
+"""A logger that prints metric records as one short line each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nanochat.plugins.loggers.options import ConsoleOptions
+
+_SKIP = {"time", "stage", "step", "event"}
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """``[stage] step 10 | loss 3.2100 | lr 0.0200`` (floats with 4 significant digits)."""
+    parts = [f"[{record.get('stage', 'run')}]"]
+    if "event" in record:
+        parts.append(str(record["event"]))
+    if "step" in record:
+        parts.append(f"step {record['step']}")
+    for key, value in record.items():
+        if key in _SKIP:
+            continue
+        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return " | ".join([" ".join(parts[:3]), *parts[3:]]) if len(parts) > 3 else " ".join(parts)
+
+
+class ConsoleLogger:
+    """Prints records to the terminal without breaking progress bars."""
+
+    def __init__(self, options: ConsoleOptions):
+        self.options = options
+        self._count = 0
+
+    def start(self, run_dir: Path, run_name: str, config: dict[str, Any]) -> None:
+        """Announce where the run lives."""
+        self._write(f"run {run_name!r} in {run_dir}")
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Print the record (every ``options.every``-th one of those with a step)."""
+        if "step" in record and "event" not in record:
+            self._count += 1
+            if (self._count - 1) % max(1, self.options.every):
+                return
+        self._write(format_record(record))
+
+    def finish(self) -> None:
+        """Nothing to flush."""
+
+    @staticmethod
+    def _write(line: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(line)

@@ -43,7 +43,11 @@ def scan_plugin_options(args: Sequence[str]) -> list[str]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "-p", "--plugin", "plugin_options", multiple=True, metavar="NAME",
+    "-p",
+    "--plugin",
+    "plugin_options",
+    multiple=True,
+    metavar="NAME",
     help="Enable plugin NAME, or block it with no:NAME (repeatable).",
 )
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
@@ -68,9 +72,7 @@ def cli(plugin_options: tuple[str, ...], debug: bool) -> None:
 def plugins_command(as_json: bool, show_all: bool) -> None:
     """List plugins with their version, status, hooks and components."""
     reg = registry_module.get_registry()
-    infos = [
-        p for p in reg.plugins if show_all or p.status in ("loaded", "failed")
-    ]
+    infos = [p for p in reg.plugins if show_all or p.status in ("loaded", "failed")]
     if as_json:
         click.echo(json.dumps([p.as_dict() for p in infos], indent=2))
         return
@@ -97,8 +99,12 @@ def list_command(kind: str, as_json: bool) -> None:
     reg = registry_module.get_registry()
     if kind in ("preset", "presets"):
         rows = [
-            {"name": name, "plugin": plugin, "summary": preset.summary,
-             "overrides": dict(preset.overrides)}
+            {
+                "name": name,
+                "plugin": plugin,
+                "summary": preset.summary,
+                "overrides": dict(preset.overrides),
+            }
             for name, (plugin, preset) in sorted(reg.presets().items())
         ]
         if as_json:
@@ -110,15 +116,20 @@ def list_command(kind: str, as_json: bool) -> None:
     ambiguous = reg.ambiguous_names(kind)
     rows = []
     for item in reg.components(kind):
-        rows.append({
-            "name": item.spec.name,
-            "qualified_name": item.qualified_name,
-            "plugin": item.plugin,
-            "summary": item.spec.summary,
-            "ambiguous": item.spec.name in ambiguous,
-            **({"data_kind": item.spec.extra["data_kind"]} if "data_kind" in item.spec.extra
-               else {}),
-        })
+        rows.append(
+            {
+                "name": item.spec.name,
+                "qualified_name": item.qualified_name,
+                "plugin": item.plugin,
+                "summary": item.spec.summary,
+                "ambiguous": item.spec.name in ambiguous,
+                **(
+                    {"data_kind": item.spec.extra["data_kind"]}
+                    if "data_kind" in item.spec.extra
+                    else {}
+                ),
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -134,17 +145,38 @@ def list_command(kind: str, as_json: bool) -> None:
 @click.argument("stages", nargs=-1, required=True)
 @click.option("--run", "run_name", default="default", help="Run name (folder under runs/).")
 @click.option("--preset", default=None, help="Apply a preset's options first.")
-@click.option("-o", "--option", "overrides", multiple=True, metavar="SCOPE.KEY=VALUE",
-              help="Override an option, e.g. -o pretrain.steps=100 (repeatable).")
+@click.option(
+    "-o",
+    "--option",
+    "overrides",
+    multiple=True,
+    metavar="SCOPE.KEY=VALUE",
+    help="Override an option, e.g. -o pretrain.steps=100 (repeatable).",
+)
 @click.option("--model", default=None, help="Model plugin name [default: gpt].")
 @click.option("--tokenizer", default=None, help="Tokenizer plugin name [default: rustbpe].")
-@click.option("--log", "loggers", multiple=True, metavar="NAME",
-              help="Extra metric logger (console and jsonl are always on), e.g. wandb.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cuda", "mps", "cpu"]),
-              help="Where to compute.")
+@click.option(
+    "--log",
+    "loggers",
+    multiple=True,
+    metavar="NAME",
+    help="Extra metric logger (console and jsonl are always on), e.g. wandb.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    type=click.Choice(["auto", "cuda", "mps", "cpu"]),
+    help="Where to compute.",
+)
 def run_command(
-    stages: tuple[str, ...], run_name: str, preset: str | None, overrides: tuple[str, ...],
-    model: str | None, tokenizer: str | None, loggers: tuple[str, ...], device: str,
+    stages: tuple[str, ...],
+    run_name: str,
+    preset: str | None,
+    overrides: tuple[str, ...],
+    model: str | None,
+    tokenizer: str | None,
+    loggers: tuple[str, ...],
+    device: str,
 ) -> None:
     """Run STAGES in order in run NAME, skipping finished ones and resuming an interrupted one.
 

@@ -29,7 +29,9 @@ def parse_override(text: str) -> tuple[str, str, str]:
     target, sep, value = text.partition("=")
     scope, dot, key = target.strip().partition(".")
     if not sep or not dot or not scope or not key:
-        raise UsageError(f"bad override {text!r}: expected SCOPE.KEY=VALUE, e.g. pretrain.steps=100")
+        raise UsageError(
+            f"bad override {text!r}: expected SCOPE.KEY=VALUE, e.g. pretrain.steps=100"
+        )
     return scope, key, value
 
 
@@ -65,11 +67,14 @@ def convert_value(value: Any, tp: Any, where: str) -> Any:
     if origin in (list, tuple) or tp in (list, tuple):
         args = typing.get_args(tp)
         item_type = args[0] if args else str
-        items = value if isinstance(value, list | tuple) else [
-            v for v in str(value).split(",") if v.strip()
+        items = (
+            value
+            if isinstance(value, list | tuple)
+            else [v for v in str(value).split(",") if v.strip()]
+        )
+        converted = [
+            convert_value(v.strip() if isinstance(v, str) else v, item_type, where) for v in items
         ]
-        converted = [convert_value(v.strip() if isinstance(v, str) else v, item_type, where)
-                     for v in items]
         return converted if (origin or tp) is list else tuple(converted)
     if tp is bool:
         if isinstance(value, bool):
@@ -163,6 +168,9 @@ def options_to_dict(options: Any) -> dict[str, Any]:
 def options_from_dict(options_type: type, values: Mapping[str, Any]) -> Any:
     """Rebuild an options dataclass from :func:`options_to_dict` output (unknown keys ignored)."""
     fields = option_fields(options_type)
-    kwargs = {k: convert_value(v, fields[k], f"{options_type.__name__}.{k}")
-              for k, v in values.items() if k in fields}
+    kwargs = {
+        k: convert_value(v, fields[k], f"{options_type.__name__}.{k}")
+        for k, v in values.items()
+        if k in fields
+    }
     return options_type(**kwargs)

@@ -55,7 +55,10 @@ def git_commit() -> str | None:
             return None
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=source, capture_output=True, text=True, timeout=10,
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         dirty = "-dirty" if status.returncode == 0 and status.stdout.strip() else ""
         return commit.stdout.strip() + dirty
@@ -84,9 +87,9 @@ class RunPlan:
 
     run_name: str
     stages: list[StageEntry]
-    model: Resolved
+    model: Resolved | None
     model_options: Any
-    tokenizer: Resolved
+    tokenizer: Resolved | None
     tokenizer_options: Any
     loggers: list[tuple[Resolved, Any]]
     preset: str | None = None
@@ -96,7 +99,9 @@ class RunPlan:
     def describe(self, registry: Registry) -> dict[str, Any]:
         """The JSON of ``pipeline.json``."""
 
-        def component(resolved: Resolved, options: Any) -> dict[str, Any]:
+        def component(resolved: Resolved | None, options: Any) -> dict[str, Any] | None:
+            if resolved is None:
+                return None
             return {
                 "name": resolved.spec.name,
                 "plugin": resolved.plugin,
@@ -104,13 +109,15 @@ class RunPlan:
                 "options": cfg.options_to_dict(options),
             }
 
-        used = {e.resolved.plugin for e in self.stages} | {self.model.plugin, self.tokenizer.plugin}
-        used |= {r.plugin for r, _ in self.loggers}
+        used = {e.resolved.plugin for e in self.stages} | {r.plugin for r, _ in self.loggers}
+        used |= {r.plugin for r in (self.model, self.tokenizer) if r is not None}
         return {
             "run": self.run_name,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "stages": [{"label": e.label, "kind": e.kind, **component(e.resolved, e.options)}
-                       for e in self.stages],
+            "stages": [
+                {"label": e.label, "kind": e.kind, **(component(e.resolved, e.options) or {})}
+                for e in self.stages
+            ],
             "model": component(self.model, self.model_options),
             "tokenizer": component(self.tokenizer, self.tokenizer_options),
             "loggers": [r.spec.name for r, _ in self.loggers],
@@ -126,16 +133,18 @@ class RunPlan:
         }
 
 
-def _resolve_or_default(registry: Registry, kind: str, name: str | None, default: str) -> Resolved:
+def _resolve_or_default(
+    registry: Registry, kind: str, name: str | None, default: str
+) -> Resolved | None:
+    """The named component; else the default one, else the only one, else None (checked when a
+    stage asks for it)."""
     if name is not None:
         return registry.resolve(kind, name)
     try:
         return registry.resolve(kind, default)
     except UsageError:
         items = registry.components(kind)
-        if items:
-            return items[0]
-        raise UsageError(f"no {kind} plugin is installed; install one or pass --{kind}") from None
+        return items[0] if len(items) == 1 else None
 
 
 def plan_run(
@@ -161,7 +170,7 @@ def plan_run(
     entries: list[StageEntry] = []
     for label in stage_names:
         if label.startswith(EVAL_PREFIX):
-            resolved = registry.resolve("eval", label[len(EVAL_PREFIX):])
+            resolved = registry.resolve("eval", label[len(EVAL_PREFIX) :])
             kind = "eval"
         else:
             resolved = registry.resolve("stage", label)
@@ -178,8 +187,10 @@ def plan_run(
     logger_rs = [registry.resolve("logger", name) for name in logger_names]
 
     scoped: dict[str, Any] = {e.scope: e.options for e in entries}
-    scoped["model"] = model_r.spec.options()
-    scoped["tokenizer"] = tok_r.spec.options()
+    if model_r is not None:
+        scoped["model"] = model_r.spec.options()
+    if tok_r is not None:
+        scoped["tokenizer"] = tok_r.spec.options()
     for r in logger_rs:
         scoped[r.spec.name] = r.spec.options()
 
@@ -198,9 +209,9 @@ def plan_run(
         run_name=run_name,
         stages=entries,
         model=model_r,
-        model_options=scoped["model"],
+        model_options=scoped.get("model"),
         tokenizer=tok_r,
-        tokenizer_options=scoped["tokenizer"],
+        tokenizer_options=scoped.get("tokenizer"),
         loggers=[(r, scoped[r.spec.name]) for r in logger_rs],
         preset=preset,
         overrides=list(overrides),
@@ -286,11 +297,23 @@ class RunContext:
         return (self.run_dir / stage / DONE_FILE).is_file()
 
     def model_factory(self) -> Any:
-        """The selected model plugin's factory, created with the run's model options."""
+        """The selected model plugin's factory, created with the run's model options.
+
+        Raises:
+            StageError: no model plugin is installed or selected.
+        """
+        if self.plan.model is None:
+            raise StageError("no model plugin is selected or installed; pass --model NAME")
         return self.plan.model.spec.load_factory()(self.plan.model_options)
 
     def tokenizer_factory(self) -> Any:
-        """The selected tokenizer plugin's factory, created with the run's tokenizer options."""
+        """The selected tokenizer plugin's factory, created with the run's tokenizer options.
+
+        Raises:
+            StageError: no tokenizer plugin is installed or selected.
+        """
+        if self.plan.tokenizer is None:
+            raise StageError("no tokenizer plugin is selected or installed; pass --tokenizer NAME")
         return self.plan.tokenizer.spec.load_factory()(self.plan.tokenizer_options)
 
     def load_tokenizer(self) -> Any:
@@ -338,7 +361,8 @@ def run_pipeline(
                 if done.get("options") != cfg.options_to_dict(entry.options):
                     logger.warning(
                         "stage %s finished earlier with other options; delete %s to redo it",
-                        entry.scope, done_path.parent,
+                        entry.scope,
+                        done_path.parent,
                     )
                 results[entry.scope] = done.get("result", {})
                 metrics.log({"stage": entry.scope, "event": "skipped", "reason": "finished"})

@@ -93,7 +93,7 @@ class Registry:
             info.components = []
         for kind, hook_name in REGISTRATION_HOOKS.items():
             caller = getattr(self.manager.hook, hook_name)
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in caller.get_hookimpls():
                 for spec in impl.function() or []:
                     if spec.kind != kind:
                         raise UsageError(
@@ -105,7 +105,7 @@ class Registry:
                     if info is not None:
                         info.components.append(f"{kind}:{spec.name}")
         self._presets = {}
-        for impl in reversed(self.manager.hook.nanochat_register_presets.get_hookimpls()):
+        for impl in self.manager.hook.nanochat_register_presets.get_hookimpls():
             for preset in impl.function() or []:
                 self._presets.setdefault(preset.name, (impl.plugin_name, preset))
 

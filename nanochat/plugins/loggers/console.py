@@ -12,16 +12,20 @@ _SKIP = {"time", "stage", "step", "event"}
 
 def format_record(record: dict[str, Any]) -> str:
     """``[stage] step 10 | loss 3.2100 | lr 0.0200`` (floats with 4 significant digits)."""
-    parts = [f"[{record.get('stage', 'run')}]"]
+    head = [f"[{record.get('stage', 'run')}]"]
     if "event" in record:
-        parts.append(str(record["event"]))
+        head.append(str(record["event"]))
     if "step" in record:
-        parts.append(f"step {record['step']}")
-    for key, value in record.items():
-        if key in _SKIP:
-            continue
-        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
-    return " | ".join([" ".join(parts[:3]), *parts[3:]]) if len(parts) > 3 else " ".join(parts)
+        head.append(f"step {record['step']}")
+    fields = [
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in record.items()
+        if key not in _SKIP
+    ]
+    first = " ".join(head)
+    if fields and len(head) > 1:
+        return " | ".join([first, *fields])
+    return " ".join([first, *fields[:1]]) + "".join(f" | {f}" for f in fields[1:])
 
 
 class ConsoleLogger:

@@ -1,0 +1,5 @@
+"""``python -m nanochat`` runs the CLI."""
+
+from nanochat.core.cli import main
+
+main()

@@ -1,0 +1,86 @@
+"""Shared fixtures: an isolated NANOCHAT_HOME, the test plugin packages installed for real."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+def install_package(source: Path, target: Path) -> Path:
+    """Build and install the package at ``source`` into the folder ``target`` (like pip would)."""
+    target.mkdir(parents=True, exist_ok=True)
+    uv = shutil.which("uv")
+    if uv:
+        cmd = [uv, "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(source)]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(source),
+        ]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def plugin_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The test plugin packages, each installed into its own folder (added via PYTHONPATH)."""
+    base = tmp_path_factory.mktemp("plugin-sites")
+    return {
+        name: install_package(TEST_PLUGINS / f"nanochat-{name}", base / name)
+        for name in ("hello", "broken")
+    }
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh NANOCHAT_HOME for one test."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("NANOCHAT_HOME", str(path))
+    return path
+
+
+def cli_env(home: Path | None, sites: Sequence[Path] = (), **extra: str) -> dict[str, str]:
+    """The environment of a ``nanochat`` subprocess with ``sites`` on its path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOCHAT_")}
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, sites), env.get("PYTHONPATH", "")]).strip(
+        os.pathsep
+    )
+    if home is not None:
+        env["NANOCHAT_HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    args: Sequence[str],
+    home: Path | None = None,
+    sites: Sequence[Path] = (),
+    timeout: float = 300,
+    **extra: str,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m nanochat ARGS`` in a subprocess and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "nanochat", *args],
+        env=cli_env(home, sites, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )

@@ -1,0 +1,1 @@
+"""nanochat-hello: a small third-party plugin exercising every kind of hook."""

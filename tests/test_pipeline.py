@@ -1,0 +1,110 @@
+"""The pipeline runner: pipeline.json, skipping finished stages, resuming after SIGKILL, hooks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, cli_env, run_cli
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_pipeline_json_records_the_run(home: Path, plugin_sites) -> None:
+    result = run_cli(["run", "hello", "count", "--run", "p", "--preset", "hello-fast",
+                      "-o", "hello.greeting=hey"], home, [plugin_sites["hello"]])
+    assert result.returncode == 0, result.stderr
+    pipeline = json.loads((home / "runs" / "p" / "pipeline.json").read_text())
+    assert [s["name"] for s in pipeline["stages"]] == ["hello", "count"]
+    assert pipeline["stages"][0]["plugin"] == "nanochat-hello"
+    assert pipeline["stages"][0]["options"] == {"greeting": "hey", "times": 1}
+    assert pipeline["stages"][1]["options"] == {"steps": 3, "sleep": 0.0}
+    assert pipeline["preset"] == "hello-fast"
+    assert pipeline["overrides"] == ["hello.greeting=hey"]
+    assert pipeline["plugins"]["nanochat-hello"]["version"] == "0.3.1"
+    assert pipeline["plugins"]["nanochat"]["version"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    if commit:
+        assert pipeline["git_commit"].startswith(commit)
+
+
+def test_rerun_skips_finished_stages(home: Path, plugin_sites) -> None:
+    args = ["run", "hello", "count", "--run", "s", "-o", "count.steps=2", "-o", "count.sleep=0"]
+    sites = [plugin_sites["hello"]]
+    for _ in range(2):
+        result = run_cli(args, home, sites)
+        assert result.returncode == 0, result.stderr
+    run_dir = home / "runs" / "s"
+    assert (run_dir / "hello-runs.log").read_text() == "ran\n"
+    assert read_jsonl(run_dir / "count" / "starts.jsonl") == [{"start": 0}]
+    events = read_jsonl(run_dir / "metrics.jsonl")
+    skipped = [e["stage"] for e in events if e.get("event") == "skipped"]
+    assert skipped == ["hello", "count"]
+
+
+def test_sigkill_in_second_stage_then_rerun_resumes(home: Path, plugin_sites) -> None:
+    sites = [plugin_sites["hello"]]
+    args = ["run", "hello", "count", "--run", "k", "-o", "count.steps=40", "-o", "count.sleep=0.1"]
+    proc = subprocess.Popen([sys.executable, "-m", "nanochat", *args], env=cli_env(home, sites),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    checkpoints = home / "runs" / "k" / "count" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if checkpoints.is_dir() and len(list(checkpoints.glob("step_*"))) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    run_dir = home / "runs" / "k"
+    assert not (run_dir / "count" / "done.json").exists()
+
+    result = run_cli(args, home, sites)
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "hello-runs.log").read_text() == "ran\n"  # first stage not redone
+    starts = [s["start"] for s in read_jsonl(run_dir / "count" / "starts.jsonl")]
+    assert starts[0] == 0 and len(starts) == 2 and starts[1] >= 5
+    done = json.loads((run_dir / "count" / "done.json").read_text())
+    assert done["result"]["total"] == 40.0  # counted every step exactly once
+    assert done["result"]["resumed_from"] == starts[1]
+
+
+def test_broadcast_hooks_see_stages_and_metrics(home: Path, plugin_sites) -> None:
+    result = run_cli(["run", "hello", "count", "--run", "h", "--preset", "hello-fast"], home,
+                     [plugin_sites["hello"]])
+    assert result.returncode == 0, result.stderr
+    events = read_jsonl(home / "runs" / "h" / "hello-events.jsonl")
+    assert [(e["hook"], e["stage"]) for e in events] == [
+        ("stage_start", "hello"), ("stage_end", "hello"),
+        ("stage_start", "count"), ("stage_end", "count"),
+    ]
+    assert events[3]["result"] == {"total": 3.0, "resumed_from": 0}
+    seen = read_jsonl(home / "hello-metrics-h.jsonl")
+    logged = read_jsonl(home / "runs" / "h" / "metrics.jsonl")
+    assert seen == logged
+    assert [r["step"] for r in logged if r.get("stage") == "count" and "step" in r] == [0, 1, 2]
+
+
+def test_stage_errors_are_one_line(home: Path, plugin_sites) -> None:
+    sites = [plugin_sites["hello"]]
+    cases = [
+        (["run", "helo", "--run", "u"], "did you mean: hello"),
+        (["run", "hello", "--run", "u", "-o", "hello.times=many"], "expected int"),
+        (["run", "hello", "--run", "u", "-o", "hello.tims=2"], "did you mean: times"),
+        (["run", "hello", "--run", "u", "--log", "nope"], "unknown logger 'nope'"),
+        (["run", "eval:nope", "--run", "u"], "unknown eval 'nope'"),
+        (["list", "widgets"], "unknown component kind"),
+    ]
+    for args, needle in cases:
+        result = run_cli(args, home, sites)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle in lines[0], (args, result.stderr)
+        assert "Traceback" not in result.stderr

@@ -84,3 +84,41 @@ def run_cli(
         timeout=timeout,
         cwd=REPO,
     )
+
+
+def run_torchrun(
+    nproc: int, args: Sequence[str], home: Path, sites: Sequence[Path] = (), timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node=N -m nanochat -- ARGS`` on CPU (gloo).
+
+    The launcher runs in its own session so that, on a timeout, its workers are killed too.
+    """
+    import signal
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "nanochat",
+        "--",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=cli_env(home, sites, OMP_NUM_THREADS="1"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"torchrun timed out after {timeout}s:\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

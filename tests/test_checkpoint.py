@@ -33,8 +33,13 @@ def test_model_and_optimizer_round_trip_exactly(tmp_path: Path) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     train_a_bit(model, optimizer, 3)
     manager = CheckpointManager(tmp_path / "ckpt")
-    manager.save(3, model.state_dict(), {"config": {"width": 16}}, optimizer.state_dict(),
-                 {"rng": rng_state(), "cursor": {"shard": 1, "row": 7}})
+    manager.save(
+        3,
+        model.state_dict(),
+        {"config": {"width": 16}},
+        optimizer.state_dict(),
+        {"rng": rng_state(), "cursor": {"shard": 1, "row": 7}},
+    )
 
     restored = tiny_model()
     restored_opt = torch.optim.AdamW(restored.parameters(), lr=1e-2)

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import REPO, cli_env
+from conftest import run_torchrun
 
 
 def test_torchrun_two_processes_all_reduce_and_rank0_writes(home: Path, plugin_sites) -> None:
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "nanochat", "--", "run", "hello", "allreduce", "--run", "d", "--device", "cpu",
-        "-o", "allreduce.scale=2",
-    ]
-    env = cli_env(home, [plugin_sites["hello"]], OMP_NUM_THREADS="1")
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    result = run_torchrun(
+        2,
+        ["run", "hello", "allreduce", "--run", "d", "--device", "cpu", "-o", "allreduce.scale=2"],
+        home,
+        [plugin_sites["hello"]],
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = home / "runs" / "d"
     assert sorted(p.name for p in run_dir.glob("rank*.seen")) == ["rank0.seen", "rank1.seen"]

@@ -16,7 +16,8 @@ from nanochat.core.plugins import create_plugin_manager
 from nanochat.core.registry import REGISTRATION_HOOKS, Registry
 
 ALL_HOOKS = sorted(
-    name for name, obj in vars(hookspecs).items()
+    name
+    for name, obj in vars(hookspecs).items()
     if name.startswith("nanochat_") and inspect.isfunction(obj)
 )
 
@@ -90,9 +91,14 @@ def test_every_hook_is_prefixed_and_documented(name: str) -> None:
 
 
 def test_hook_list_is_complete() -> None:
-    expected = {*REGISTRATION_HOOKS.values(), "nanochat_register_presets",
-                "nanochat_register_commands", "nanochat_stage_start", "nanochat_stage_end",
-                "nanochat_metrics"}
+    expected = {
+        *REGISTRATION_HOOKS.values(),
+        "nanochat_register_presets",
+        "nanochat_register_commands",
+        "nanochat_stage_start",
+        "nanochat_stage_end",
+        "nanochat_metrics",
+    }
     assert set(ALL_HOOKS) == expected
 
 

@@ -43,10 +43,26 @@ def test_wandb_mode_choice(monkeypatch) -> None:
 def test_wandb_offline_run_writes_its_files(home: Path, plugin_sites) -> None:
     env = {"WANDB_MODE": "offline"}
     result = subprocess.run(
-        [sys.executable, "-m", "nanochat", "run", "hello", "count", "--run", "w", "--log",
-         "wandb", "--preset", "hello-fast"],
-        env=cli_env(home, [plugin_sites["hello"]], **env), capture_output=True, text=True,
-        timeout=300, cwd=REPO, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "nanochat",
+            "run",
+            "hello",
+            "count",
+            "--run",
+            "w",
+            "--log",
+            "wandb",
+            "--preset",
+            "hello-fast",
+        ],
+        env=cli_env(home, [plugin_sites["hello"]], **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     offline = list((home / "runs" / "w" / "wandb").glob("offline-run-*"))
@@ -57,7 +73,8 @@ def test_wandb_offline_run_writes_its_files(home: Path, plugin_sites) -> None:
 
 
 def test_console_logger_prints_progress(home: Path, plugin_sites) -> None:
-    result = run_cli(["run", "count", "--run", "c", "--preset", "hello-fast"], home,
-                     [plugin_sites["hello"]])
+    result = run_cli(
+        ["run", "count", "--run", "c", "--preset", "hello-fast"], home, [plugin_sites["hello"]]
+    )
     assert result.returncode == 0, result.stderr
     assert "[count] step 2 | total 3" in result.stdout

@@ -17,8 +17,21 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_pipeline_json_records_the_run(home: Path, plugin_sites) -> None:
-    result = run_cli(["run", "hello", "count", "--run", "p", "--preset", "hello-fast",
-                      "-o", "hello.greeting=hey"], home, [plugin_sites["hello"]])
+    result = run_cli(
+        [
+            "run",
+            "hello",
+            "count",
+            "--run",
+            "p",
+            "--preset",
+            "hello-fast",
+            "-o",
+            "hello.greeting=hey",
+        ],
+        home,
+        [plugin_sites["hello"]],
+    )
     assert result.returncode == 0, result.stderr
     pipeline = json.loads((home / "runs" / "p" / "pipeline.json").read_text())
     assert [s["name"] for s in pipeline["stages"]] == ["hello", "count"]
@@ -29,8 +42,9 @@ def test_pipeline_json_records_the_run(home: Path, plugin_sites) -> None:
     assert pipeline["overrides"] == ["hello.greeting=hey"]
     assert pipeline["plugins"]["nanochat-hello"]["version"] == "0.3.1"
     assert pipeline["plugins"]["nanochat"]["version"]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     if commit:
         assert pipeline["git_commit"].startswith(commit)
 
@@ -52,8 +66,13 @@ def test_rerun_skips_finished_stages(home: Path, plugin_sites) -> None:
 def test_sigkill_in_second_stage_then_rerun_resumes(home: Path, plugin_sites) -> None:
     sites = [plugin_sites["hello"]]
     args = ["run", "hello", "count", "--run", "k", "-o", "count.steps=40", "-o", "count.sleep=0.1"]
-    proc = subprocess.Popen([sys.executable, "-m", "nanochat", *args], env=cli_env(home, sites),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanochat", *args],
+        env=cli_env(home, sites),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
     checkpoints = home / "runs" / "k" / "count" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -77,13 +96,18 @@ def test_sigkill_in_second_stage_then_rerun_resumes(home: Path, plugin_sites) ->
 
 
 def test_broadcast_hooks_see_stages_and_metrics(home: Path, plugin_sites) -> None:
-    result = run_cli(["run", "hello", "count", "--run", "h", "--preset", "hello-fast"], home,
-                     [plugin_sites["hello"]])
+    result = run_cli(
+        ["run", "hello", "count", "--run", "h", "--preset", "hello-fast"],
+        home,
+        [plugin_sites["hello"]],
+    )
     assert result.returncode == 0, result.stderr
     events = read_jsonl(home / "runs" / "h" / "hello-events.jsonl")
     assert [(e["hook"], e["stage"]) for e in events] == [
-        ("stage_start", "hello"), ("stage_end", "hello"),
-        ("stage_start", "count"), ("stage_end", "count"),
+        ("stage_start", "hello"),
+        ("stage_end", "hello"),
+        ("stage_start", "count"),
+        ("stage_end", "count"),
     ]
     assert events[3]["result"] == {"total": 3.0, "resumed_from": 0}
     seen = read_jsonl(home / "hello-metrics-h.jsonl")

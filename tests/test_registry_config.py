@@ -86,9 +86,8 @@ def test_unknown_name_lists_close_matches(registry: Registry) -> None:
 def test_unregister_removes_components(registry: Registry) -> None:
     registry.unregister("beta")
     assert registry.resolve("stage", "shared").plugin == "alpha"
-    with registry.temporary_plugin(BetaPlugin(), "beta2"):
-        with pytest.raises(AmbiguousComponentError):
-            registry.resolve("stage", "shared")
+    with registry.temporary_plugin(BetaPlugin(), "beta2"), pytest.raises(AmbiguousComponentError):
+        registry.resolve("stage", "shared")
     assert registry.resolve("stage", "shared").plugin == "alpha"
 
 

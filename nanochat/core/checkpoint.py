@@ -79,10 +79,10 @@ def load_tensor_file(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {path} is missing") from None
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError:
         raise CheckpointError(
-            f"refusing to load {path}: it holds objects that are not plain tensors ({first[:160]})"
+            f"refusing to load {path}: it holds objects that are not plain tensors and "
+            "containers (an unsafe or foreign pickle)"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(f"checkpoint file {path} is corrupt: {exc}") from None

@@ -200,6 +200,53 @@ def run_command(
             runtime.shutdown()
 
 
+@cli.command("eval", context_settings={"show_default": True})
+@click.argument("name")
+@click.option("--run", "run_name", default="default", help="Run whose newest model to evaluate.")
+@click.option(
+    "-o",
+    "--option",
+    "overrides",
+    multiple=True,
+    metavar="SCOPE.KEY=VALUE",
+    help="Override an option, e.g. -o eval-bpb.tokens=10000 (repeatable).",
+)
+@click.option("--model", default=None, help="Model plugin name [default: gpt].")
+@click.option("--tokenizer", default=None, help="Tokenizer plugin name [default: rustbpe].")
+@click.option(
+    "--device",
+    default="auto",
+    type=click.Choice(["auto", "cuda", "mps", "cpu"]),
+    help="Where to compute.",
+)
+def eval_command(
+    name: str,
+    run_name: str,
+    overrides: tuple[str, ...],
+    model: str | None,
+    tokenizer: str | None,
+    device: str,
+) -> None:
+    """Evaluate the newest model of a run with evaluator NAME and print its metrics (JSON)."""
+    from nanochat.core.pipeline import plan_run, run_eval
+    from nanochat.core.runtime import torchrun_env
+
+    reg = registry_module.get_registry()
+    plan = plan_run(reg, [f"eval:{name}"], run_name, None, overrides, model, tokenizer, (), device)
+    runtime = None
+    if torchrun_env()[2] > 1:
+        from nanochat.core.runtime import init_runtime
+
+        runtime = init_runtime(device)
+    try:
+        metrics = run_eval(plan, reg, runtime)
+    finally:
+        if runtime is not None:
+            runtime.shutdown()
+    if runtime is None or runtime.is_main:
+        click.echo(json.dumps(metrics, indent=2, default=str))
+
+
 def build_cli(reg: Any) -> click.Group:
     """The CLI group with every plugin's extra commands added."""
     reg.manager.hook.nanochat_register_commands(cli=cli)

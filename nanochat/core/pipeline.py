@@ -186,13 +186,19 @@ def plan_run(
     logger_names = list(dict.fromkeys([*DEFAULT_LOGGERS, *loggers]))
     logger_rs = [registry.resolve("logger", name) for name in logger_names]
 
-    scoped: dict[str, Any] = {e.scope: e.options for e in entries}
-    if model_r is not None:
-        scoped["model"] = model_r.spec.options()
-    if tok_r is not None:
-        scoped["tokenizer"] = tok_r.spec.options()
-    for r in logger_rs:
-        scoped[r.spec.name] = r.spec.options()
+    # A scope may name several option sets (the `tokenizer` stage and the tokenizer component);
+    # a key goes to the first one that has it.
+    scoped: dict[str, list[list[Any]]] = {}
+
+    def add_scope(scope: str, options: Any) -> list[Any]:
+        slot = [options]
+        scoped.setdefault(scope, []).append(slot)
+        return slot
+
+    stage_slots = [add_scope(e.scope, e.options) for e in entries]
+    model_slot = add_scope("model", model_r.spec.options()) if model_r else [None]
+    tok_slot = add_scope("tokenizer", tok_r.spec.options()) if tok_r else [None]
+    logger_slots = [add_scope(r.spec.name, r.spec.options()) for r in logger_rs]
 
     triples: list[tuple[str, str, Any]] = []
     if preset_obj:
@@ -201,18 +207,28 @@ def plan_run(
             if scope in scoped:
                 triples.append((scope, key, value))
     triples += [cfg.parse_override(text) for text in overrides]
+    # Options of stages that are not in this run are still checked, then left unused, so one
+    # command line can be reused for parts of a pipeline.
+    for kind, prefix in (("stage", ""), ("eval", "eval-")):
+        for item in registry.components(kind):
+            scope = prefix + item.spec.name
+            if scope not in scoped and any(t[0] == scope for t in triples):
+                add_scope(scope, item.spec.options())
     for scope, values in cfg.group_overrides(triples, scoped).items():
-        scoped[scope] = cfg.apply_overrides(scoped[scope], values, scope)
-    for entry in entries:
-        entry.options = scoped[entry.scope]
+        slots = scoped[scope]
+        for key, value in values.items():
+            slot = next((s for s in slots if key in cfg.option_fields(type(s[0]))), slots[0])
+            slot[0] = cfg.apply_overrides(slot[0], {key: value}, scope)
+    for entry, slot in zip(entries, stage_slots, strict=True):
+        entry.options = slot[0]
     return RunPlan(
         run_name=run_name,
         stages=entries,
         model=model_r,
-        model_options=scoped.get("model"),
+        model_options=model_slot[0],
         tokenizer=tok_r,
-        tokenizer_options=scoped.get("tokenizer"),
-        loggers=[(r, scoped[r.spec.name]) for r in logger_rs],
+        tokenizer_options=tok_slot[0],
+        loggers=[(r, slot[0]) for r, slot in zip(logger_rs, logger_slots, strict=True)],
         preset=preset,
         overrides=list(overrides),
         device=device,
@@ -351,12 +367,16 @@ def run_pipeline(
     loggers = [r.spec.load_factory()(options) for r, options in plan.loggers] if main else []
     metrics = Metrics(plan.run_name, loggers, registry.manager.hook, enabled=main)
     results: dict[str, dict[str, Any]] = {}
+    # Every rank decides what to skip from the same snapshot, taken before any rank can write.
+    finished = {e.scope for e in plan.stages if (run_dir / e.scope / DONE_FILE).is_file()}
+    if runtime is not None:
+        runtime.barrier()
     try:
         metrics.start(run_dir, description)
         for entry in plan.stages:
             ctx = RunContext(plan, registry, run_dir, entry, metrics, runtime)
             done_path = run_dir / entry.scope / DONE_FILE
-            if done_path.is_file():
+            if entry.scope in finished:
                 done = read_json(done_path, "stage record")
                 if done.get("options") != cfg.options_to_dict(entry.options):
                     logger.warning(
@@ -426,3 +446,25 @@ def load_latest_model(ctx: RunContext, stages: Sequence[str] = MODEL_STAGE_ORDER
             model.load_state_dict(checkpoint.model_state())
             return model
     raise StageError(f"run {ctx.run_name!r} has no model checkpoint yet; run `pretrain` first")
+
+
+def run_eval(plan: RunPlan, registry: Registry, runtime: Any = None) -> dict[str, Any]:
+    """Run the single evaluator of ``plan`` on its existing run (nothing is marked done).
+
+    Raises:
+        UsageError: the run does not exist.
+    """
+    from nanochat.core.metrics import Metrics
+
+    run_dir = run_directory(plan.run_name)
+    if not run_dir.is_dir():
+        raise UsageError(f"run {plan.run_name!r} does not exist in {run_dir.parent}")
+    main = runtime is None or runtime.is_main
+    loggers = [r.spec.load_factory()(options) for r, options in plan.loggers] if main else []
+    metrics = Metrics(plan.run_name, loggers, registry.manager.hook, enabled=main)
+    try:
+        metrics.start(run_dir, plan.describe(registry))
+        ctx = RunContext(plan, registry, run_dir, plan.stages[0], metrics, runtime)
+        return _run_entry(ctx)
+    finally:
+        metrics.finish()

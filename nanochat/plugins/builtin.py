@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from nanochat.core.components import ComponentSpec
 from nanochat.core.hookspecs import hookimpl
+from nanochat.plugins.gpt.options import GPTOptions
 from nanochat.plugins.loggers.options import ConsoleOptions, JsonlOptions, WandbOptions
+from nanochat.plugins.tokenizers.options import TokenizerOptions
 
 
 @hookimpl
@@ -32,5 +34,40 @@ def nanochat_register_loggers() -> list[ComponentSpec]:
             factory="nanochat.plugins.loggers.wandb_logger:WandbLogger",
             summary="send metrics to Weights & Biases (offline with WANDB_MODE=offline)",
             options=WandbOptions,
+        ),
+    ]
+
+
+@hookimpl
+def nanochat_register_tokenizers() -> list[ComponentSpec]:
+    """`rustbpe` (nanochat's Rust BPE, the default) and `hf-bpe` (HF tokenizers)."""
+    return [
+        ComponentSpec(
+            kind="tokenizer",
+            name="rustbpe",
+            factory="nanochat.plugins.tokenizers.rustbpe_adapter:RustBPEFactory",
+            summary="byte-level BPE in Rust (nanochat-rustbpe): parallel training and encoding",
+            options=TokenizerOptions,
+        ),
+        ComponentSpec(
+            kind="tokenizer",
+            name="hf-bpe",
+            factory="nanochat.plugins.tokenizers.hf_adapter:HFBPEFactory",
+            summary="byte-level BPE trained and run by Hugging Face `tokenizers`",
+            options=TokenizerOptions,
+        ),
+    ]
+
+
+@hookimpl
+def nanochat_register_models() -> list[ComponentSpec]:
+    """The GPT model (rotary, QK-norm, relu², GQA, softcap; Muon + AdamW)."""
+    return [
+        ComponentSpec(
+            kind="model",
+            name="gpt",
+            factory="nanochat.plugins.gpt.factory:GPTFactory",
+            summary="nanochat GPT: rotary, QK-norm, relu² MLP, GQA, logit softcap; Muon + AdamW",
+            options=GPTOptions,
         ),
     ]

@@ -1,0 +1,1 @@
+"""Benchmarks for nanochat (run as modules, e.g. ``python -m benchmarks.tokenizer``)."""

@@ -1,0 +1,126 @@
+"""The ``gpt`` model factory: configs from options, models from configs, and optimizers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from nanochat.plugins.gpt.model import GPT, GPTConfig
+from nanochat.plugins.gpt.muon import Muon
+from nanochat.plugins.gpt.options import GPTOptions
+
+ADAMW_BETAS = (0.8, 0.95)
+ADAMW_EPS = 1e-10
+REFERENCE_WIDTH = 768  # AdamW learning rates are tuned at this width and scaled as 1/sqrt(width)
+
+
+class GPTFactory:
+    """Builds GPT models and their optimizers from :class:`GPTOptions`.
+
+    Args:
+        options: the model options (defaults if None).
+    """
+
+    def __init__(self, options: GPTOptions | None = None) -> None:
+        self.options = options or GPTOptions()
+
+    def config(self, vocab_size: int) -> dict[str, Any]:
+        """The JSON-serialisable config of a model of these options.
+
+        ``n_embd = aspect_ratio * depth``; ``n_head = ceil(n_embd / head_dim)``.
+
+        Args:
+            vocab_size: the tokenizer's vocabulary size (before padding).
+
+        Returns:
+            A dict with ``vocab_size, n_layer, n_head, n_kv_head, n_embd, head_dim,
+            sequence_len, softcap, vocab_multiple``.
+        """
+        o = self.options
+        n_embd = o.aspect_ratio * o.depth
+        n_head = max(1, math.ceil(n_embd / o.head_dim))
+        n_kv_head = n_head if o.n_kv_head is None else o.n_kv_head
+        cfg = GPTConfig(
+            vocab_size=vocab_size,
+            n_layer=o.depth,
+            n_head=n_head,
+            n_kv_head=n_kv_head,
+            n_embd=n_embd,
+            head_dim=o.head_dim,
+            sequence_len=o.sequence_len,
+            softcap=o.softcap,
+            vocab_multiple=o.vocab_multiple,
+        )
+        return cfg.to_dict()
+
+    def build(self, config: dict[str, Any], device: torch.device | str = "cpu") -> GPT:
+        """A new, initialised model from ``config``.
+
+        Args:
+            config: as returned by :meth:`config` (or stored in a checkpoint).
+            device: where to create it; ``"meta"`` gives an uninitialised shell (call
+                ``model.to_empty(device=...)`` then ``model.init_weights()``).
+
+        Returns:
+            The model; the caller moves it to its device.
+        """
+        with torch.device(device):
+            model = GPT(GPTConfig(**config))
+        if str(device) != "meta":
+            model.init_weights()
+        return model
+
+    def optimizers(
+        self,
+        model: GPT,
+        *,
+        matrix_lr: float = 0.02,
+        embedding_lr: float = 0.2,
+        unembedding_lr: float = 0.004,
+        scalar_lr: float = 0.5,
+        weight_decay: float = 0.0,
+        world_size: int = 1,
+    ) -> list[torch.optim.Optimizer]:
+        """Muon for the hidden matrices, AdamW for the rest, each group with ``initial_lr``.
+
+        The AdamW learning rates are given at width 768 and scaled by ``sqrt(768 / n_embd)``.
+        Weight decay is decoupled and applies to the matrices and embeddings, not to scalars.
+        Under DDP call this on every rank after wrapping: gradients arrive averaged and both
+        optimizers are deterministic, so replicas stay identical (see :mod:`.muon`).
+
+        Args:
+            model: the (unwrapped) GPT.
+            matrix_lr: Muon learning rate.
+            embedding_lr: AdamW learning rate of the token embedding.
+            unembedding_lr: AdamW learning rate of the output head.
+            scalar_lr: AdamW learning rate of 0/1-D parameters.
+            weight_decay: decoupled weight decay.
+            world_size: number of data-parallel ranks (recorded; the plain Muon is used).
+
+        Returns:
+            ``[adamw, muon]``.
+        """
+        groups = model.parameter_groups()
+        width_scale = (model.config.n_embd / REFERENCE_WIDTH) ** -0.5
+        adam_groups = [
+            dict(
+                params=groups["embedding"], lr=embedding_lr * width_scale, weight_decay=weight_decay
+            ),
+            dict(
+                params=groups["unembedding"],
+                lr=unembedding_lr * width_scale,
+                weight_decay=weight_decay,
+            ),
+            dict(params=groups["scalar"], lr=scalar_lr * width_scale, weight_decay=0.0),
+        ]
+        adam_groups = [g for g in adam_groups if g["params"]]
+        fused = all(p.is_cuda for g in adam_groups for p in g["params"])
+        adamw = torch.optim.AdamW(adam_groups, betas=ADAMW_BETAS, eps=ADAMW_EPS, fused=fused)
+        muon = Muon(groups["matrix"], lr=matrix_lr, momentum=0.95, weight_decay=weight_decay)
+        for opt in (adamw, muon):
+            opt.defaults["world_size"] = world_size
+            for group in opt.param_groups:
+                group["initial_lr"] = group["lr"]
+        return [adamw, muon]

@@ -1,0 +1,339 @@
+"""The GPT: a decoder-only transformer in the style of nanoGPT / nanochat.
+
+Reading order: config, helpers (RMSNorm, rotary), attention, MLP, block, model.
+
+- Rotary position embeddings (Su et al., RoFormer), no learned positions.
+- RMSNorm without parameters (Zhang & Sennrich) before attention, before the MLP, on the
+  queries and keys (QK-norm, Henry et al.), right after the token embedding and before the head.
+- ReLU² MLP with a 4x expansion (So et al., Primer).
+- Grouped-query attention (Ainslie et al., GQA): ``n_kv_head`` key/value heads shared by groups
+  of ``n_head / n_kv_head`` query heads.
+- Untied token embedding (``wte``) and output head (``lm_head``); no biases anywhere.
+- Logit softcap ``softcap * tanh(logits / softcap)`` computed in fp32 (Gemma 2).
+- The vocabulary is padded to a multiple of ``vocab_multiple`` rows; logits are sliced back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nanochat.plugins.gpt.kv_cache import KVCache
+
+ROTARY_BASE = 10000.0
+ROTARY_LEN_FACTOR = 10  # rotary tables cover this many times sequence_len (for generation)
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+@dataclass
+class GPTConfig:
+    """The JSON-serialisable shape of a GPT (stored in every checkpoint).
+
+    Attributes:
+        vocab_size: number of token ids the tokenizer produces.
+        n_layer: transformer blocks.
+        n_head: query heads.
+        n_kv_head: key/value heads; divides ``n_head``.
+        n_embd: width of the residual stream.
+        head_dim: width of one head (attention width is ``n_head * head_dim``).
+        sequence_len: training context length.
+        softcap: logit softcap; 0 disables it.
+        vocab_multiple: embedding/head rows are padded up to a multiple of this.
+    """
+
+    vocab_size: int = 4096
+    n_layer: int = 4
+    n_head: int = 2
+    n_kv_head: int = 2
+    n_embd: int = 256
+    head_dim: int = 128
+    sequence_len: int = 256
+    softcap: float = 15.0
+    vocab_multiple: int = 64
+
+    def __post_init__(self) -> None:
+        if self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """``vocab_size`` rounded up to a multiple of ``vocab_multiple``."""
+        m = self.vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (for JSON)."""
+        return asdict(self)
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free RMSNorm over the last dimension."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary_tables(seq_len: int, head_dim: int, device: torch.device | None = None):
+    """Cosine and sine tables of rotary embeddings, shape ``(1, seq_len, 1, head_dim/2)``."""
+    inv_freq = 1.0 / ROTARY_BASE ** (
+        torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+    )
+    t = torch.arange(seq_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs ``(x[i], x[i + d/2])`` of ``x`` (``B, T, H, D``) by per-position angles."""
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query) causal self-attention with rotary and QK-norm."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = (
+            config.n_head,
+            config.n_kv_head,
+            config.head_dim,
+        )
+        c = config.n_embd
+        self.c_q = nn.Linear(c, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(c, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(c, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(self.n_head * self.head_dim, c, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        """Attend over the sequence (and whatever ``kv_cache`` already holds)."""
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        cos, sin = cos_sin
+        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        if kv_cache is not None:
+            k, v = kv_cache.insert_kv(self.layer_idx, k, v)
+        Tq, Tk = q.size(2), k.size(2)
+        groups = self.n_head // self.n_kv_head
+        gqa: dict[str, bool] = {}
+        if groups > 1:
+            if _SDPA_GQA:
+                gqa["enable_gqa"] = True
+            else:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        if Tq == Tk:  # training, or a prefill into an empty cache
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
+        elif Tq == 1:  # one new token sees everything cached
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=False, **gqa)
+        else:  # a chunk after a cached prefix: all of the prefix, causal within the chunk
+            prefix = Tk - Tq
+            row = torch.arange(Tq, device=q.device)[:, None]
+            col = torch.arange(Tk, device=q.device)[None, :]
+            mask = col <= prefix + row
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    """Feed-forward layer: ``c_proj(relu(c_fc(x))²)`` with a 4x hidden width."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the MLP."""
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention then MLP, each added to the residual stream."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        """Apply the block."""
+        x = x + self.attn(norm(x), cos_sin, kv_cache)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    """The language model: token ids in, next-token logits (or the loss) out.
+
+    Args:
+        config: the model's shape.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        vp = config.padded_vocab_size
+        self.wte = nn.Embedding(vp, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.lm_head = nn.Linear(config.n_embd, vp, bias=False)
+        self.rotary_len = config.sequence_len * ROTARY_LEN_FACTOR
+        cos, sin = rotary_tables(self.rotary_len, config.head_dim, device=self.wte.weight.device)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initialise every weight (also recomputes the rotary tables, e.g. after ``to_empty``).
+
+        Token embedding ~ N(0, 1); head ~ N(0, 0.001²); the input projections of attention and
+        MLP ~ U(-s, s) with ``s = sqrt(3 / fan_in)`` (unit-variance outputs); the output
+        projections ``c_proj`` start at zero, so every block starts as the identity.
+        """
+        nn.init.normal_(self.wte.weight, mean=0.0, std=1.0)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
+        for block in self.blocks:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                s = math.sqrt(3.0 / lin.in_features)
+                nn.init.uniform_(lin.weight, -s, s)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        cos, sin = rotary_tables(self.rotary_len, self.config.head_dim, device=self.cos.device)
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        loss_reduction: str = "mean",
+    ) -> torch.Tensor:
+        """Run the model.
+
+        Args:
+            idx: token ids, shape ``(B, T)``.
+            targets: next-token ids ``(B, T)``; ``-1`` marks positions without a loss.
+            kv_cache: a cache to read the earlier positions from and write these to.
+            loss_reduction: ``"mean"``, ``"sum"`` or ``"none"`` (then shape ``(B*T,)``).
+
+        Returns:
+            Logits ``(B, T, vocab_size)`` in fp32 when ``targets`` is None, else the
+            cross-entropy loss.
+        """
+        B, T = idx.shape
+        t0 = kv_cache.get_pos() if kv_cache is not None else 0
+        if t0 + T > self.rotary_len:
+            raise ValueError(f"sequence of {t0 + T} tokens exceeds rotary length {self.rotary_len}")
+        cos_sin = self.cos[:, t0 : t0 + T], self.sin[:, t0 : t0 + T]
+        x = norm(self.wte(idx))
+        for block in self.blocks:
+            x = block(x, cos_sin, kv_cache)
+        x = norm(x)
+        logits = self.lm_head(x)[..., : self.config.vocab_size].float()
+        if self.config.softcap > 0:
+            cap = self.config.softcap
+            logits = cap * torch.tanh(logits / cap)
+        if targets is None:
+            return logits
+        return F.cross_entropy(
+            logits.view(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=-1,
+            reduction=loss_reduction,
+        )
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by optimizer role.
+
+        Returns:
+            ``{"matrix": 2-D hidden weights (Muon), "embedding": [wte], "unembedding": [lm_head],
+            "scalar": 0/1-D parameters (none in this model)}``; together they hold every
+            parameter exactly once.
+        """
+        matrix = [p for p in self.blocks.parameters() if p.ndim >= 2]
+        scalar = [p for p in self.blocks.parameters() if p.ndim < 2]
+        return {
+            "matrix": matrix,
+            "embedding": [self.wte.weight],
+            "unembedding": [self.lm_head.weight],
+            "scalar": scalar,
+        }
+
+    def num_params(self) -> int:
+        """Number of parameters (padded vocabulary rows included)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward) at ``sequence_len``, for MFU.
+
+        ``6 * N + 12 * L * H * Dh * T``, where ``N`` counts the weights of every matrix multiply
+        (all parameters except the token embedding, which is a lookup; the head's padded rows
+        are included because they are computed): 2 FLOPs per weight per token forward, 4
+        backward. The second term is attention itself: per layer and token, ``Q K^T`` and
+        ``A V`` each cost ``2 * H * Dh * T`` forward, times 3 for forward + backward. As in
+        the PaLM / nanoGPT convention the causal mask is not discounted, and norms, rotary,
+        softmax and the softcap are not counted.
+        """
+        c = self.config
+        n_matmul = self.num_params() - self.wte.weight.numel()
+        return 6 * n_matmul + 12 * c.n_layer * c.n_head * c.head_dim * c.sequence_len
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for this model (``max_len`` defaults to the rotary length)."""
+        c = self.config
+        return KVCache(batch_size, c.n_kv_head, max_len or self.rotary_len, c.head_dim, c.n_layer)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: list[int],
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int = 42,
+    ):
+        """Yield up to ``max_tokens`` token ids continuing ``tokens`` (one sequence, KV cache).
+
+        Args:
+            tokens: the prompt's ids.
+            max_tokens: how many ids to generate.
+            temperature: 0 for greedy decoding, else the sampling temperature.
+            top_k: sample only among the ``top_k`` most likely ids.
+            seed: seed of the sampling generator.
+        """
+        device = self.wte.weight.device
+        rng = torch.Generator(device=device).manual_seed(seed)
+        cache = self.new_kv_cache(1, len(tokens) + max_tokens)
+        ids = torch.tensor([tokens], dtype=torch.long, device=device)
+        for _ in range(max_tokens):
+            logits = self.forward(ids, kv_cache=cache)[:, -1, :]
+            if temperature > 0:
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits = logits.masked_fill(logits < v[:, [-1]], -float("inf"))
+                probs = F.softmax(logits / temperature, dim=-1)
+                ids = torch.multinomial(probs, 1, generator=rng)
+            else:
+                ids = logits.argmax(dim=-1, keepdim=True)
+            yield int(ids.item())

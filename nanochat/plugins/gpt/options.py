@@ -1,0 +1,30 @@
+"""Options of the ``gpt`` model plugin (no torch import: listing components stays cheap)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class GPTOptions:
+    """How big the GPT is; everything follows from ``depth``.
+
+    Attributes:
+        depth: number of transformer blocks (``n_layer``).
+        aspect_ratio: model width per layer: ``n_embd = aspect_ratio * depth``.
+        head_dim: width of one attention head; ``n_head = ceil(n_embd / head_dim)``
+            (``n_embd`` is rounded up to a multiple of ``head_dim``).
+        n_kv_head: key/value heads for grouped-query attention; ``None`` means ``n_head``
+            (plain multi-head attention). Must divide ``n_head``.
+        sequence_len: the longest context the model is trained on (rotary table length).
+        softcap: logits are squashed to ``softcap * tanh(logits / softcap)``; 0 disables.
+        vocab_multiple: the embedding and head are padded to a multiple of this many rows.
+    """
+
+    depth: int = 4
+    aspect_ratio: int = 64
+    head_dim: int = 128
+    n_kv_head: int | None = None
+    sequence_len: int = 256
+    softcap: float = 15.0
+    vocab_multiple: int = 64

@@ -1,0 +1,1 @@
+"""Contract checks a plugin author can run against their own components (see the tests)."""

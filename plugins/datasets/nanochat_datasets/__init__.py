@@ -1,0 +1,1 @@
+"""nanochat-datasets: the dataset plugins of nanochat (see ``plugin`` for the registrations)."""

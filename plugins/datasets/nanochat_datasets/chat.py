@@ -1,0 +1,203 @@
+"""The local ``chat`` and ``preferences`` datasets: jsonl conversations and the chatterbot demo.
+
+``chat-jsonl`` reads OpenAI-style ``{"messages": [{"role", "content"}]}`` lines and ShareGPT
+``{"conversations": [{"from", "value"}]}`` lines; ``preferences-jsonl`` reads the common
+``{"prompt", "chosen", "rejected"}`` lines, where each may be a string or a list of messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nanochat.core.data import (
+    Conversation,
+    DataError,
+    ListDataset,
+    Message,
+    Preference,
+    validate_conversation,
+)
+from nanochat_datasets import files
+from nanochat_datasets.options import DemoOptions, LocalFileOptions
+from nanochat_datasets.text import package_dir
+
+logger = logging.getLogger(__name__)
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+}
+
+
+def _content(raw: Any, role: str, where: str) -> Any:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list) and all(isinstance(p, dict) for p in raw):
+        if role == "assistant":
+            return [{"type": p.get("type", "text"), "text": p.get("text")} for p in raw]
+        return "".join(str(p.get("text", "")) for p in raw)
+    raise DataError(f"{where}: message content must be a string or a list of parts")
+
+
+def to_messages(raw: Any, where: str) -> Conversation:
+    """Convert OpenAI-style or ShareGPT-style messages to the chat schema.
+
+    Args:
+        raw: a list of ``{"role", "content"}`` or ``{"from", "value"}`` dicts.
+        where: the file and line, for errors.
+
+    Raises:
+        DataError: not a list of messages, or an unknown role.
+    """
+    if not isinstance(raw, list):
+        raise DataError(f"{where}: expected a list of messages")
+    messages = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: every message must be an object")
+        if "from" in item:
+            role = SHAREGPT_ROLES.get(str(item["from"]).lower())
+            if role is None:
+                raise DataError(f"{where}: unknown ShareGPT speaker {item['from']!r}")
+            messages.append({"role": role, "content": _content(item.get("value"), role, where)})
+        else:
+            role = str(item.get("role"))
+            messages.append({"role": role, "content": _content(item.get("content"), role, where)})
+    return validate_conversation(messages, where)
+
+
+def record_conversation(record: dict[str, Any], where: str) -> Conversation:
+    """The conversation of one jsonl record (``messages`` or ShareGPT ``conversations``)."""
+    for key in ("messages", "conversations", "conversation"):
+        if key in record:
+            return to_messages(record[key], where)
+    raise DataError(f"{where}: no 'messages' or 'conversations' field")
+
+
+class JsonlDataset(ListDataset):
+    """A list dataset over jsonl files; ``parse`` turns one record into one item."""
+
+    def __init__(self, paths: Sequence[Path], name: str, val_fraction: float):
+        super().__init__()
+        self.paths = list(paths)
+        self.name = name
+        self.val_fraction = val_fraction
+
+    def parse(self, record: dict[str, Any], where: str) -> Any:
+        """One item from one record."""
+        raise NotImplementedError
+
+    def load_split(self, split: str) -> list[Any]:
+        """Every record of every file whose stable hash puts it in ``split``."""
+        items = []
+        for path in self.paths:
+            for number, record in files.iter_jsonl(path):
+                if files.in_split(f"{path.name}#{number}", split, self.val_fraction):
+                    items.append(self.parse(record, f"{path} line {number}"))
+        return items
+
+
+class ChatJsonl(JsonlDataset):
+    """Conversations from jsonl files (OpenAI messages or ShareGPT)."""
+
+    kind = "chat"
+
+    def parse(self, record: dict[str, Any], where: str) -> Conversation:
+        """The conversation of one record."""
+        return record_conversation(record, where)
+
+
+def _reply(raw: Any, prompt: Conversation, where: str) -> Message:
+    if isinstance(raw, str):
+        return {"role": "assistant", "content": raw}
+    if isinstance(raw, dict):
+        raw = [raw]
+    messages = to_messages(raw, where)
+    if messages[: len(prompt)] == prompt and len(messages) > len(prompt):
+        messages = messages[len(prompt) :]
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise DataError(f"{where}: chosen and rejected must each be one assistant reply")
+    return messages[0]
+
+
+class PreferencesJsonl(JsonlDataset):
+    """Preference pairs from jsonl files: ``prompt`` / ``chosen`` / ``rejected``."""
+
+    kind = "preferences"
+
+    def parse(self, record: dict[str, Any], where: str) -> Preference:
+        """The preference pair of one record."""
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in record]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        raw_prompt = record["prompt"]
+        if isinstance(raw_prompt, str):
+            prompt: Conversation = [{"role": "user", "content": raw_prompt}]
+        else:
+            prompt = to_messages(raw_prompt, where)
+        chosen = _reply(record["chosen"], prompt, where)
+        rejected = _reply(record["rejected"], prompt, where)
+        return Preference(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def _jsonl_paths(options: LocalFileOptions, name: str) -> list[Path]:
+    if not options.path:
+        raise DataError(f"{name} needs a path: use {name}:/path/to/file.jsonl")
+    return files.resolve_files(options.path, (".jsonl",))
+
+
+def chat_jsonl(options: LocalFileOptions) -> ChatJsonl:
+    """Factory of ``chat-jsonl``."""
+    return ChatJsonl(_jsonl_paths(options, "chat-jsonl"), "chat-jsonl", options.val_fraction)
+
+
+def preferences_jsonl(options: LocalFileOptions) -> PreferencesJsonl:
+    """Factory of ``preferences-jsonl``."""
+    paths = _jsonl_paths(options, "preferences-jsonl")
+    return PreferencesJsonl(paths, "preferences-jsonl", options.val_fraction)
+
+
+class DemoChat(ListDataset):
+    """English conversations of the ``chatterbot-corpus`` package (YAML, read with pyyaml)."""
+
+    kind = "chat"
+
+    def __init__(self, directory: Path, val_fraction: float):
+        super().__init__()
+        self.name = "demo-chat"
+        self.directory = directory
+        self.val_fraction = val_fraction
+
+    def load_split(self, split: str) -> list[Conversation]:
+        """Every conversation of every English YAML file whose hash puts it in ``split``."""
+        import yaml
+
+        items: list[Conversation] = []
+        for path in sorted(self.directory.glob("*.yml")):
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError as exc:
+                raise DataError(f"{path}: malformed YAML ({exc})") from exc
+            for number, turns in enumerate((data or {}).get("conversations") or []):
+                if not isinstance(turns, list) or len(turns) < 2:
+                    continue
+                if not files.in_split(f"{path.name}#{number}", split, self.val_fraction):
+                    continue
+                roles = ("user", "assistant")
+                messages = [{"role": roles[i % 2], "content": str(t)} for i, t in enumerate(turns)]
+                items.append(validate_conversation(messages, f"{path} conversation {number}"))
+        return items
+
+
+def demo_chat(options: DemoOptions) -> DemoChat:
+    """Factory of ``demo-chat``."""
+    return DemoChat(package_dir("chatterbot_corpus") / "data" / "english", options.val_fraction)

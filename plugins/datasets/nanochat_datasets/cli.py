@@ -1,0 +1,138 @@
+"""The ``nanochat data`` commands: ``download fineweb`` and ``show``."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nanochat.core.data import Message, Preference, Problem, message_text
+from nanochat.core.errors import NanochatError, UsageError
+from nanochat_datasets.options import (
+    FINEWEB_MAX_SHARD,
+    default_fineweb_dir,
+    default_fineweb_url,
+)
+
+TEXT_PREVIEW = 600
+
+
+@click.group()
+def data() -> None:
+    """Download and inspect datasets (`nanochat list datasets` lists them)."""
+
+
+@data.group()
+def download() -> None:
+    """Download a dataset's files."""
+
+
+@download.command("fineweb")
+@click.option(
+    "-n",
+    "--num-shards",
+    "count",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Shards to download, from the first (the last one present is validation).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Target folder [default: $NANOCHAT_HOME/data/fineweb].",
+)
+@click.option("-w", "--workers", type=int, default=4, show_default=True, help="Parallel downloads.")
+@click.option("--retries", type=int, default=5, show_default=True, help="Attempts per shard.")
+@click.option(
+    "--backoff",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="First retry delay in seconds (doubled each retry).",
+)
+@click.option("--base-url", default=None, help="Shard folder URL [env NANOCHAT_FINEWEB_URL].")
+def download_fineweb(
+    count: int,
+    directory: Path | None,
+    workers: int,
+    retries: int,
+    backoff: float,
+    base_url: str | None,
+) -> None:
+    """Download FineWeb-Edu shards 0..N-1 (skips shards already present)."""
+    from nanochat_datasets.download import download_shards
+
+    if not 1 <= count <= FINEWEB_MAX_SHARD + 1:
+        raise UsageError(f"-n must be between 1 and {FINEWEB_MAX_SHARD + 1}, not {count}")
+    target = directory or Path(default_fineweb_dir())
+    url = base_url or default_fineweb_url()
+    done = 0
+
+    def progress(name: str) -> None:
+        nonlocal done
+        done += 1
+        click.echo(f"[{done}] {name}", err=True)
+
+    report = download_shards(
+        target, count, url, workers=workers, retries=retries, backoff=backoff, on_done=progress
+    )
+    click.echo(
+        f"{target}: {len(report.fetched)} downloaded, {len(report.skipped)} already "
+        f"present, {len(report.failed)} failed"
+    )
+    if report.failed:
+        first, reason = next(iter(sorted(report.failed.items())))
+        raise NanochatError(
+            f"{len(report.failed)} shard(s) failed to download, e.g. {first}: {reason}"
+        )
+
+
+def _message_lines(message: Message) -> str:
+    body = message_text(message)
+    return textwrap.indent(body, "    ").lstrip() if body else ""
+
+
+def format_item(item: Any) -> str:
+    """A readable rendering of one dataset item of any kind."""
+    if isinstance(item, str):
+        more = f" … ({len(item):,} characters)" if len(item) > TEXT_PREVIEW else ""
+        return item[:TEXT_PREVIEW] + more
+    if isinstance(item, Problem):
+        lines = [f"{m['role']}: {_message_lines(m)}" for m in item.prompt]
+        if item.solution is not None:
+            lines.append(f"solution: {_message_lines(item.solution)}")
+        lines.append(f"answer: {item.answer}")
+        return "\n".join(lines)
+    if isinstance(item, Preference):
+        lines = [f"{m['role']}: {_message_lines(m)}" for m in item.prompt]
+        lines.append(f"chosen: {_message_lines(item.chosen)}")
+        lines.append(f"rejected: {_message_lines(item.rejected)}")
+        return "\n".join(lines)
+    return "\n".join(f"{m['role']}: {_message_lines(m)}" for m in item)
+
+
+@data.command("show")
+@click.argument("name")
+@click.option("--split", default="train", show_default=True, help="train, val or test.")
+@click.option("-n", "count", type=int, default=3, show_default=True, help="Examples to print.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed.")
+@click.option("--no-shuffle", is_flag=True, help="Show the first items in stored order.")
+def show(name: str, split: str, count: int, seed: int, no_shuffle: bool) -> None:
+    """Print a few examples of dataset NAME (a name, name:PATH, or a mixture)."""
+    from nanochat.core.data_refs import open_dataset
+
+    dataset = open_dataset(name)
+    shown = 0
+    for item, _ in dataset.iter(split, seed=seed, shuffle=not no_shuffle):
+        if shown >= count:
+            break
+        click.echo(f"--- {dataset.name} [{dataset.kind}, {split}] #{shown + 1}")
+        click.echo(format_item(item))
+        shown += 1
+    if shown == 0:
+        click.echo(f"{dataset.name}: the {split} split is empty")

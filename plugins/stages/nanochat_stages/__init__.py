@@ -1,0 +1,1 @@
+"""nanochat-stages: the built-in training stages, as a plugin distribution."""

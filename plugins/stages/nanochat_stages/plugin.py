@@ -1,0 +1,36 @@
+"""Hook implementations of nanochat-stages (imports nothing heavy)."""
+
+from __future__ import annotations
+
+from nanochat.core.components import ComponentSpec, Preset
+from nanochat.core.hookspecs import hookimpl
+from nanochat_stages.options import PretrainOptions, TokenizerStageOptions
+
+
+@hookimpl
+def nanochat_register_stages() -> list[ComponentSpec]:
+    """The built-in training stages."""
+    return [
+        ComponentSpec(
+            kind="stage",
+            name="tokenizer",
+            factory="nanochat_stages.tokenizer_stage:TokenizerStage",
+            summary="train the run's tokenizer on a text dataset and measure bytes/token",
+            options=TokenizerStageOptions,
+        ),
+        ComponentSpec(
+            kind="stage",
+            name="pretrain",
+            factory="nanochat_stages.pretrain_stage:PretrainStage",
+            summary="pretrain the base model on a text dataset (resumable, DDP under torchrun)",
+            options=PretrainOptions,
+        ),
+    ]
+
+
+@hookimpl
+def nanochat_register_presets() -> list[Preset]:
+    """`tiny` (2 CPU cores) and the GPU recipes `d12`, `d20`, `d26`."""
+    from nanochat_stages.presets import presets
+
+    return presets()

@@ -1,0 +1,73 @@
+"""Presets contributed by nanochat-stages: one CPU-sized run and the GPU speedrun shapes.
+
+| preset | hardware | model | data | expected |
+|---|---|---|---|---|
+| tiny | 2 CPU cores | depth 4 (5M params), context 256, vocab 4,096 | demo-text (offline) | tokenizer + pretrain in a few minutes |
+| d12 | 1-8 GPUs | depth 12 (~185M params), context 2,048, vocab 65,536 | FineWeb-Edu | ~3.7B tokens (20 x params); ~1 h on 8 x H100 |
+| d20 | 8 x H100 | depth 20 (~560M params), context 2,048, vocab 65,536 | FineWeb-Edu | ~11B tokens; ~4 h (nanochat's $100 speedrun) |
+| d26 | 8 x H100 | depth 26 (~1.1B params), context 2,048, vocab 65,536 | FineWeb-Edu | ~22B tokens; ~12 h |
+
+GPU times are estimates from the tokens each preset trains on and the throughput of the d20
+speedrun shape; the `tiny` figure is measured by the test suite on this project's 2-core CI.
+"""
+
+from __future__ import annotations
+
+from nanochat.core.components import Preset
+
+_GPU_COMMON = {
+    "tokenizer.dataset": "fineweb",
+    "tokenizer.vocab_size": 65536,
+    "tokenizer.max_chars": 2_000_000_000,
+    "model.sequence_len": 2048,
+    "pretrain.dataset": "fineweb",
+    "pretrain.total_batch_tokens": 524288,
+    "pretrain.data_param_ratio": 20.0,
+    "pretrain.eval_every": 250,
+    "pretrain.eval_tokens": 10 * 524288,
+    "pretrain.sample_every": 2000,
+    "pretrain.checkpoint_every": 1000,
+    "pretrain.compile": True,
+}
+
+
+def presets() -> list[Preset]:
+    """The built-in presets."""
+    return [
+        Preset(
+            "tiny",
+            "CPU-sized: depth 4, context 256, vocab 4,096 on demo-text (minutes on 2 cores)",
+            overrides={
+                "tokenizer.dataset": "demo-text",
+                "tokenizer.vocab_size": 4096,
+                "tokenizer.max_chars": 20_000_000,
+                "model.depth": 4,
+                "model.sequence_len": 256,
+                "model.head_dim": 64,
+                "pretrain.dataset": "demo-text",
+                "pretrain.device_batch_size": 16,
+                "pretrain.total_batch_tokens": 4096,
+                "pretrain.max_steps": 300,
+                "pretrain.warmdown_ratio": 0.3,
+                "pretrain.eval_every": 50,
+                "pretrain.eval_tokens": 16384,
+                "pretrain.checkpoint_every": 25,
+                "pretrain.sample_tokens": 24,
+            },
+        ),
+        Preset(
+            "d12",
+            "GPU: depth 12 on FineWeb-Edu (~185M params, ~1 h on 8 x H100)",
+            overrides={**_GPU_COMMON, "model.depth": 12, "pretrain.device_batch_size": 32},
+        ),
+        Preset(
+            "d20",
+            "GPU: depth 20 on FineWeb-Edu, nanochat's $100 speedrun shape (~4 h on 8 x H100)",
+            overrides={**_GPU_COMMON, "model.depth": 20, "pretrain.device_batch_size": 32},
+        ),
+        Preset(
+            "d26",
+            "GPU: depth 26 on FineWeb-Edu (~1.1B params, ~12 h on 8 x H100)",
+            overrides={**_GPU_COMMON, "model.depth": 26, "pretrain.device_batch_size": 16},
+        ),
+    ]

@@ -1,0 +1,358 @@
+//! BPE training: counting chunks in parallel, then the merge loop with incremental pair counts.
+//!
+//! Semantics (identical to PyPI `rustbpe` 0.1.0): every merge takes the pair of adjacent tokens
+//! with the highest count summed over all chunk occurrences; ties go to the smallest pair
+//! `(left, right)`. The new token gets id `256 + merge index`. Inside a chunk a merge replaces
+//! non-overlapping occurrences from left to right.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
+
+use crate::pretok::Splitter;
+
+/// A pair of token ids packed as `left << 32 | right`, so that integer order is pair order.
+type PairKey = u64;
+
+#[inline(always)]
+fn key(a: u32, b: u32) -> PairKey {
+    (u64::from(a) << 32) | u64::from(b)
+}
+
+#[inline(always)]
+fn unkey(k: PairKey) -> (u32, u32) {
+    ((k >> 32) as u32, k as u32)
+}
+
+/// Counts how often each chunk occurs in the texts fed to it.
+pub struct ChunkCounter {
+    counts: FxHashMap<Box<str>, i64>,
+}
+
+impl Default for ChunkCounter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkCounter {
+    /// An empty counter.
+    pub fn new() -> Self {
+        Self {
+            counts: FxHashMap::default(),
+        }
+    }
+
+    /// Splits `texts` with `splitter` on all cores and adds their chunk counts.
+    pub fn add_batch<S: AsRef<str> + Sync>(&mut self, splitter: &Splitter, texts: &[S]) {
+        let threads = rayon::current_num_threads().max(1);
+        let total: usize = texts.iter().map(|t| t.as_ref().len()).sum();
+        // Contiguous groups of roughly equal byte size, a few per thread for balance.
+        let target = total / (threads * 4) + 1;
+        let mut groups: Vec<&[S]> = Vec::new();
+        let (mut start, mut acc) = (0, 0);
+        for (i, t) in texts.iter().enumerate() {
+            acc += t.as_ref().len();
+            if acc >= target {
+                groups.push(&texts[start..=i]);
+                start = i + 1;
+                acc = 0;
+            }
+        }
+        if start < texts.len() {
+            groups.push(&texts[start..]);
+        }
+        let locals: Vec<FxHashMap<&str, i64>> = groups
+            .par_iter()
+            .map(|group| {
+                let mut m: FxHashMap<&str, i64> = FxHashMap::default();
+                for t in group.iter() {
+                    splitter.split(t.as_ref(), |c| *m.entry(c).or_insert(0) += 1);
+                }
+                m
+            })
+            .collect();
+        for local in locals {
+            for (chunk, n) in local {
+                if let Some(v) = self.counts.get_mut(chunk) {
+                    *v += n;
+                } else {
+                    self.counts.insert(chunk.into(), n);
+                }
+            }
+        }
+    }
+
+    /// Number of distinct chunks seen so far.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether no chunk has been seen.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// The distinct chunks of two or more bytes as byte-id sequences, with their counts.
+    pub fn into_words(self) -> (Vec<Vec<u32>>, Vec<i64>) {
+        self.counts
+            .into_iter()
+            .filter(|(c, _)| c.len() >= 2)
+            .map(|(c, n)| (c.bytes().map(u32::from).collect(), n))
+            .unzip()
+    }
+}
+
+/// Pair counts and the chunks each pair occurs in, for the initial set of words.
+fn initial_pairs(
+    words: &[Vec<u32>],
+    counts: &[i64],
+) -> (FxHashMap<PairKey, i64>, FxHashMap<PairKey, Vec<u32>>) {
+    let threads = rayon::current_num_threads().max(1);
+    let per = words.len() / threads + 1;
+    let locals: Vec<_> = words
+        .par_chunks(per)
+        .enumerate()
+        .map(|(ci, group)| {
+            let mut pc: FxHashMap<PairKey, i64> = FxHashMap::default();
+            let mut pos: FxHashMap<PairKey, Vec<u32>> = FxHashMap::default();
+            for (j, w) in group.iter().enumerate() {
+                let wi = (ci * per + j) as u32;
+                let n = counts[wi as usize];
+                for p in w.windows(2) {
+                    let k = key(p[0], p[1]);
+                    *pc.entry(k).or_insert(0) += n;
+                    let v = pos.entry(k).or_default();
+                    if v.last() != Some(&wi) {
+                        v.push(wi);
+                    }
+                }
+            }
+            (pc, pos)
+        })
+        .collect();
+    let mut iter = locals.into_iter();
+    let (mut pc, mut pos) = iter.next().unwrap_or_default();
+    for (lpc, lpos) in iter {
+        for (k, n) in lpc {
+            *pc.entry(k).or_insert(0) += n;
+        }
+        for (k, v) in lpos {
+            pos.entry(k).or_default().extend(v);
+        }
+    }
+    (pc, pos)
+}
+
+/// Learns up to `num_merges` merges from `words` (byte-id sequences) weighted by `counts`.
+///
+/// `progress(done, total)` is called every `every` merges and once at the end; an error from it
+/// stops training and is returned. Training stops early when no pair is left.
+pub fn learn_merges<E>(
+    mut words: Vec<Vec<u32>>,
+    counts: Vec<i64>,
+    num_merges: usize,
+    every: usize,
+    progress: &mut dyn FnMut(usize, usize) -> Result<(), E>,
+) -> Result<Vec<(u32, u32)>, E> {
+    let (mut pair_counts, mut positions) = initial_pairs(&words, &counts);
+    let mut heap: BinaryHeap<(i64, Reverse<PairKey>)> = pair_counts
+        .iter()
+        .filter(|(_, &n)| n > 0)
+        .map(|(&k, &n)| (n, Reverse(k)))
+        .collect();
+    let mut merges: Vec<(u32, u32)> = Vec::with_capacity(num_merges);
+    let every = every.max(1);
+    // Pairs created by the current merge (they all contain its new id): count and chunks.
+    let mut fresh: FxHashMap<PairKey, (i64, Vec<u32>)> = FxHashMap::default();
+
+    while merges.len() < num_merges {
+        let Some((n, Reverse(k))) = heap.pop() else {
+            break;
+        };
+        let current = pair_counts.get(&k).copied().unwrap_or(0);
+        if current != n {
+            if current > 0 {
+                heap.push((current, Reverse(k)));
+            }
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        let (a, b) = unkey(k);
+        let new_id = 256 + merges.len() as u32;
+        merges.push((a, b));
+        pair_counts.remove(&k);
+        let where_ = positions.remove(&k).unwrap_or_default();
+
+        for &wi in &where_ {
+            let w = &mut words[wi as usize];
+            let cnt = counts[wi as usize];
+            let len = w.len();
+            let mut r = 0;
+            let mut out = 0;
+            while r < len {
+                if r + 1 < len && w[r] == a && w[r + 1] == b {
+                    if out > 0 {
+                        let x = w[out - 1];
+                        adjust(&mut pair_counts, &mut fresh, new_id, key(x, a), -cnt, wi);
+                        adjust(
+                            &mut pair_counts,
+                            &mut fresh,
+                            new_id,
+                            key(x, new_id),
+                            cnt,
+                            wi,
+                        );
+                    }
+                    if r + 2 < len {
+                        let y = w[r + 2];
+                        adjust(&mut pair_counts, &mut fresh, new_id, key(b, y), -cnt, wi);
+                        adjust(
+                            &mut pair_counts,
+                            &mut fresh,
+                            new_id,
+                            key(new_id, y),
+                            cnt,
+                            wi,
+                        );
+                    }
+                    w[out] = new_id;
+                    r += 2;
+                } else {
+                    w[out] = w[r];
+                    r += 1;
+                }
+                out += 1;
+            }
+            w.truncate(out);
+        }
+        for (fk, (fc, fpos)) in fresh.drain() {
+            if fc > 0 {
+                pair_counts.insert(fk, fc);
+                positions.insert(fk, fpos);
+                heap.push((fc, Reverse(fk)));
+            }
+        }
+        if merges.len().is_multiple_of(every) {
+            progress(merges.len(), num_merges)?;
+        }
+    }
+    if !merges.len().is_multiple_of(every) || merges.is_empty() {
+        progress(merges.len(), num_merges)?;
+    }
+    Ok(merges)
+}
+
+/// Adds `delta` to the count of pair `k`: pairs containing `new_id` live in `fresh` (and note
+/// chunk `wi` as a place they occur), all others in `pair_counts`.
+#[inline(always)]
+fn adjust(
+    pair_counts: &mut FxHashMap<PairKey, i64>,
+    fresh: &mut FxHashMap<PairKey, (i64, Vec<u32>)>,
+    new_id: u32,
+    k: PairKey,
+    delta: i64,
+    wi: u32,
+) {
+    let (l, r) = unkey(k);
+    if l == new_id || r == new_id {
+        let e = fresh.entry(k).or_default();
+        e.0 += delta;
+        if delta > 0 && e.1.last() != Some(&wi) {
+            e.1.push(wi);
+        }
+    } else if let Some(v) = pair_counts.get_mut(&k) {
+        *v += delta;
+    }
+}
+
+/// Learns merges from `texts` in one call (counting plus merge loop); for tests and Rust users.
+pub fn train_texts<S: AsRef<str> + Sync>(
+    splitter: &Splitter,
+    texts: &[S],
+    num_merges: usize,
+) -> Vec<(u32, u32)> {
+    let mut counter = ChunkCounter::new();
+    counter.add_batch(splitter, texts);
+    let (words, counts) = counter.into_words();
+    let mut none = |_: usize, _: usize| Ok::<(), ()>(());
+    learn_merges(words, counts, num_merges, usize::MAX, &mut none).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pretok::DEFAULT_PATTERN;
+
+    /// Slow reference: recount every pair from scratch for every merge.
+    fn reference(texts: &[&str], num_merges: usize) -> Vec<(u32, u32)> {
+        let splitter = Splitter::new(DEFAULT_PATTERN).unwrap();
+        let mut words: Vec<Vec<u32>> = Vec::new();
+        for t in texts {
+            splitter.split(t, |c| words.push(c.bytes().map(u32::from).collect()));
+        }
+        let mut merges = Vec::new();
+        for m in 0..num_merges {
+            let mut pc: std::collections::BTreeMap<(u32, u32), i64> = Default::default();
+            for w in &words {
+                for p in w.windows(2) {
+                    *pc.entry((p[0], p[1])).or_insert(0) += 1;
+                }
+            }
+            let Some((&best, _)) = pc.iter().max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0))) else {
+                break;
+            };
+            let new_id = 256 + m as u32;
+            for w in &mut words {
+                let mut out = Vec::new();
+                let mut i = 0;
+                while i < w.len() {
+                    if i + 1 < w.len() && (w[i], w[i + 1]) == best {
+                        out.push(new_id);
+                        i += 2;
+                    } else {
+                        out.push(w[i]);
+                        i += 1;
+                    }
+                }
+                *w = out;
+            }
+            merges.push(best);
+        }
+        merges
+    }
+
+    #[test]
+    fn incremental_training_matches_recounting() {
+        let texts = [
+            "aaaa aaaaa aaa banana bandana ananas",
+            "the cat sat on the mat, the hat!\n\nthe end",
+            "zzzzzzzzzzz 11 111 1111 abababab abab",
+        ];
+        let splitter = Splitter::new(DEFAULT_PATTERN).unwrap();
+        assert_eq!(train_texts(&splitter, &texts, 60), reference(&texts, 60));
+    }
+
+    #[test]
+    fn stops_when_no_pairs_are_left() {
+        let splitter = Splitter::new(DEFAULT_PATTERN).unwrap();
+        let merges = train_texts(&splitter, &["ab ab"], 100);
+        assert_eq!(merges, vec![(97, 98), (32, 256)]);
+    }
+
+    #[test]
+    fn progress_is_reported() {
+        let mut seen = Vec::new();
+        let mut cb = |d: usize, t: usize| {
+            seen.push((d, t));
+            Ok::<(), ()>(())
+        };
+        let words = vec![vec![1, 2, 3, 4, 5]];
+        learn_merges(words, vec![1], 4, 2, &mut cb).unwrap();
+        assert_eq!(seen, vec![(2, 4), (4, 4)]);
+    }
+}

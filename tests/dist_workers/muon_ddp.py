@@ -1,0 +1,82 @@
+"""Worker of test_gpt_model's DDP test: Muon + AdamW under DDP (gloo, CPU) vs one process.
+
+Run with ``torchrun --nproc_per_node=2 muon_ddp.py OUT.json``. Every rank trains a copy of the
+same tiny GPT on its half of a fixed global batch; rank 0 then trains a fresh copy on the whole
+batch in one process and writes both parameter sets' differences to ``OUT.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nanochat.plugins.gpt.factory import GPTFactory
+from nanochat.plugins.gpt.options import GPTOptions
+
+STEPS = 4
+BATCH, SEQ, VOCAB = 8, 16, 96
+
+
+def make_model_and_data():
+    """The same initial model and global batch on every rank (fixed seeds)."""
+    factory = GPTFactory(GPTOptions(depth=2, aspect_ratio=32, head_dim=16, sequence_len=SEQ))
+    torch.manual_seed(0)
+    model = factory.build(factory.config(VOCAB))
+    with torch.no_grad():  # non-zero output projections, so every matrix gets a gradient
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0.0, 0.02)
+    g = torch.Generator().manual_seed(1)
+    data = torch.randint(0, VOCAB, (STEPS, BATCH, SEQ + 1), generator=g)
+    return factory, model, data
+
+
+def train(factory, model, wrapped, data, rows):
+    """Run STEPS optimisation steps on ``data[:, rows]``; return the losses."""
+    opts = factory.optimizers(model, matrix_lr=0.02, embedding_lr=0.1, unembedding_lr=0.01)
+    losses = []
+    for step in range(STEPS):
+        batch = data[step, rows]
+        loss = wrapped(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        for opt in opts:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def main() -> None:
+    """Train under DDP, compare replicas, then compare with single-process training."""
+    torch.use_deterministic_algorithms(True)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    factory, model, data = make_model_and_data()
+    per = BATCH // world
+    ddp = DDP(model)
+    train(factory, model, ddp, data, slice(rank * per, (rank + 1) * per))
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        _, single, _ = make_model_and_data()
+        train(factory, single, single, data, slice(0, BATCH))
+        ref = torch.cat([p.detach().reshape(-1) for p in single.parameters()])
+        init = torch.cat([p.detach().reshape(-1) for p in make_model_and_data()[1].parameters()])
+        result = {
+            "world_size": world,
+            "replica_max_diff": max((g - gathered[0]).abs().max().item() for g in gathered),
+            "single_max_diff": (flat - ref).abs().max().item(),
+            "moved": (ref - init).abs().max().item(),
+        }
+        with open(sys.argv[1], "w") as f:
+            json.dump(result, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,11 +1,11 @@
 """Presets contributed by nanochat-stages: one CPU-sized run and the GPU speedrun shapes.
 
-| preset | hardware | model | data | expected |
-|---|---|---|---|---|
-| tiny | 2 CPU cores | depth 4 (5M params), context 256, vocab 4,096 | demo-text (offline) | tokenizer + pretrain in a few minutes |
-| d12 | 1-8 GPUs | depth 12 (~185M params), context 2,048, vocab 65,536 | FineWeb-Edu | ~3.7B tokens (20 x params); ~1 h on 8 x H100 |
-| d20 | 8 x H100 | depth 20 (~560M params), context 2,048, vocab 65,536 | FineWeb-Edu | ~11B tokens; ~4 h (nanochat's $100 speedrun) |
-| d26 | 8 x H100 | depth 26 (~1.1B params), context 2,048, vocab 65,536 | FineWeb-Edu | ~22B tokens; ~12 h |
+* ``tiny``: 2 CPU cores; depth 4 (~5M params), context 256, vocab 4,096, on demo-text
+  (offline); tokenizer + pretrain in a few minutes.
+* ``d12``: 1-8 GPUs; depth 12 (~185M params), context 2,048, vocab 65,536, on FineWeb-Edu;
+  ~3.7B tokens (20 x params), ~1 h on 8 x H100.
+* ``d20``: 8 x H100; depth 20 (~560M params); ~11B tokens, ~4 h (nanochat's $100 speedrun).
+* ``d26``: 8 x H100; depth 26 (~1.1B params); ~22B tokens, ~12 h.
 
 GPU times are estimates from the tokens each preset trains on and the throughput of the d20
 speedrun shape; the `tiny` figure is measured by the test suite on this project's 2-core CI.

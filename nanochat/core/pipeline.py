@@ -212,7 +212,8 @@ def plan_run(
     for kind, prefix in (("stage", ""), ("eval", "eval-")):
         for item in registry.components(kind):
             scope = prefix + item.spec.name
-            if scope not in scoped and any(t[0] == scope for t in triples):
+            in_run = any(e.scope == scope for e in entries)
+            if not in_run and any(t[0] == scope for t in triples):
                 add_scope(scope, item.spec.options())
     for scope, values in cfg.group_overrides(triples, scoped).items():
         slots = scoped[scope]

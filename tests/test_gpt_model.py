@@ -14,6 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nanochat.plugins.gpt.factory import GPTFactory
+from nanochat.plugins.gpt.flops import measure_cpu_matmul_flops, peak_flops
 from nanochat.plugins.gpt.model import GPT, GPTConfig
 from nanochat.plugins.gpt.muon import Muon, zeropower_via_newtonschulz5
 from nanochat.plugins.gpt.options import GPTOptions
@@ -239,6 +240,29 @@ def test_registered_and_options_do_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA GeForce RTX 4090", 165e12),
+        ("NVIDIA A10G", 70e12),
+        ("NVIDIA L4", 121e12),
+        ("Some Future GPU", None),
+    ],
+)
+def test_peak_flops_table(name, peak) -> None:
+    assert peak_flops(name) == peak
+
+
+def test_cpu_matmul_peak_is_measured() -> None:
+    flops = measure_cpu_matmul_flops(size=128, seconds=0.05)
+    assert 1e6 < flops < 1e14
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ Reading order: config, helpers (RMSNorm, rotary), attention, MLP, block, model.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -78,7 +79,9 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-def rotary_tables(seq_len: int, head_dim: int, device: torch.device | None = None):
+def rotary_tables(
+    seq_len: int, head_dim: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine and sine tables of rotary embeddings, shape ``(1, seq_len, 1, head_dim/2)``."""
     inv_freq = 1.0 / ROTARY_BASE ** (
         torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
@@ -312,7 +315,7 @@ class GPT(nn.Module):
         temperature: float = 0.0,
         top_k: int | None = None,
         seed: int = 42,
-    ):
+    ) -> Iterator[int]:
         """Yield up to ``max_tokens`` token ids continuing ``tokens`` (one sequence, KV cache).
 
         Args:

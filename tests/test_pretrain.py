@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO, cli_env, run_cli, run_torchrun
-from nanochat_stages.packing import BestFitPacker
+from nanochat_stages.packing import MIN_REMAINDER, BestFitPacker
 from nanochat_stages.schedule import lr_multiplier
 from safetensors.torch import load_file
 
@@ -255,3 +255,20 @@ def test_sigkill_during_pretrain_resumes(tmp_path: Path, trained_tokenizer: Path
     assert resumes and resumes[-1]["step"] == steps[-1] + 1
     done = json.loads((tmp_path / "runs" / "k" / "pretrain" / "done.json").read_text())
     assert done["result"]["steps"] == 40
+
+
+def test_cropped_documents_keep_their_rest() -> None:
+    row_len, bos = 16, 0
+    docs = [np.concatenate([[bos], np.arange(1000 * i + 1, 1000 * i + 41)]) for i in range(1, 30)]
+    source = Source(docs)
+    packer = BestFitPacker(row_len, source, buffer_size=4)
+    rows = packer.next_batch(40)
+    assert (rows[:, 0] == bos).all()
+    emitted = rows[rows != bos]
+    assert len(emitted) == len(set(emitted.tolist()))  # nothing is trained on twice
+    buffered = {int(t) for doc in packer.buffer for t in doc[1:]}
+    for doc in docs[: source.position]:
+        missing = set(doc[1:].tolist()) - set(emitted.tolist()) - buffered
+        # every token of a document taken is in a row or still buffered, except a short tail
+        assert len(missing) < MIN_REMAINDER
+        assert all(t > max(doc) - MIN_REMAINDER for t in missing)

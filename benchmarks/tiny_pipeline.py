@@ -45,7 +45,8 @@ def main() -> int:
     second = run(command, home)
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     rerun = records[before:]
-    curve = [(r["step"], r["val_bpb"]) for r in records if "val_bpb" in r and "step" in r]
+    curve = [(0, r["base_val_bpb"]) for r in records if "base_val_bpb" in r][:1]
+    curve += [(r["step"] + 1, r["val_bpb"]) for r in records if "val_bpb" in r and "step" in r]
     tokenizer = next(r for r in records if "bytes_per_token" in r)
     samples = [r["text"] for r in records if r.get("event") == "sample" and "step" not in r]
     print(f"tokenizer: {tokenizer['train_seconds']} s, {tokenizer['bytes_per_token']} bytes/token")

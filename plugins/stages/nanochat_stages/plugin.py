@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from nanochat.core.components import ComponentSpec, Preset
 from nanochat.core.hookspecs import hookimpl
-from nanochat_stages.options import PretrainOptions, TokenizerStageOptions
+from nanochat_stages.options import (
+    MidtrainOptions,
+    PretrainOptions,
+    SftOptions,
+    TokenizerStageOptions,
+)
 
 
 @hookimpl
@@ -24,6 +29,20 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.pretrain_stage:PretrainStage",
             summary="pretrain the base model on a text dataset (resumable, DDP under torchrun)",
             options=PretrainOptions,
+        ),
+        ComponentSpec(
+            kind="stage",
+            name="midtrain",
+            factory="nanochat_stages.chat_stages:MidtrainStage",
+            summary="teach the base model the chat format on a packed conversation mixture",
+            options=MidtrainOptions,
+        ),
+        ComponentSpec(
+            kind="stage",
+            name="sft",
+            factory="nanochat_stages.chat_stages:SftStage",
+            summary="fine-tune the chat model on padded conversations (loss on assistant turns)",
+            options=SftOptions,
         ),
     ]
 

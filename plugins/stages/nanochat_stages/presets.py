@@ -1,7 +1,8 @@
 """Presets contributed by nanochat-stages: one CPU-sized run and the GPU speedrun shapes.
 
-* ``tiny``: 2 CPU cores; depth 4 (~5M params), context 256, vocab 4,096, on demo-text
-  (offline); tokenizer + pretrain in a few minutes.
+* ``tiny``: 2 CPU cores; depth 3 (~2.9M params), context 256, vocab 4,096, on demo-text
+  (offline); tokenizer + pretrain in a few minutes, then `midtrain` (30 packed steps) and `sft`
+  (50 padded steps) on the offline chat mixtures.
 * ``d12``: 1-8 GPUs; depth 12 (~185M params), context 2,048, vocab 65,536, on FineWeb-Edu;
   ~3.7B tokens (20 x params), ~1 h on 8 x H100.
 * ``d20``: 8 x H100; depth 20 (~560M params); ~11B tokens, ~4 h (nanochat's $100 speedrun).
@@ -36,23 +37,34 @@ def presets() -> list[Preset]:
     return [
         Preset(
             "tiny",
-            "CPU-sized: depth 4, context 256, vocab 4,096 on demo-text (minutes on 2 cores)",
+            "CPU-sized: depth 3, context 256, vocab 4,096 on demo-text (minutes on 2 cores)",
             overrides={
                 "tokenizer.dataset": "demo-text",
                 "tokenizer.vocab_size": 4096,
                 "tokenizer.max_chars": 20_000_000,
-                "model.depth": 4,
+                "model.depth": 3,
                 "model.sequence_len": 256,
                 "model.head_dim": 64,
                 "pretrain.dataset": "demo-text",
                 "pretrain.device_batch_size": 16,
                 "pretrain.total_batch_tokens": 4096,
-                "pretrain.max_steps": 300,
+                "pretrain.max_steps": 200,
                 "pretrain.warmdown_ratio": 0.3,
                 "pretrain.eval_every": 50,
                 "pretrain.eval_tokens": 16384,
                 "pretrain.checkpoint_every": 25,
                 "pretrain.sample_tokens": 24,
+                "midtrain.device_batch_size": 16,
+                "midtrain.total_batch_tokens": 4096,
+                "midtrain.max_steps": 30,
+                "midtrain.eval_every": 15,
+                "midtrain.eval_conversations": 128,
+                "midtrain.checkpoint_every": 10,
+                "sft.device_batch_size": 8,
+                "sft.max_steps": 50,
+                "sft.eval_every": 25,
+                "sft.eval_conversations": 128,
+                "sft.checkpoint_every": 25,
             },
         ),
         Preset(

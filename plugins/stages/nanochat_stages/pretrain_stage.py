@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from typing import Any
 
 from nanochat.core.errors import StageError, UsageError
@@ -21,21 +20,24 @@ class PretrainStage:
 
     def run(self, ctx: Any) -> dict[str, Any]:
         """Train until the step count, data ratio or time budget is reached."""
+        from nanochat_stages.text_recipe import TextRecipe
         from nanochat_stages.training import TrainingLoop
 
-        return TrainingLoop(ctx, self.options).run()
+        return TrainingLoop(ctx, self.options, TextRecipe(self.options)).run()
 
 
-def plan_steps(options: PretrainOptions, num_params: int, total_batch: int) -> int:
+def plan_steps(options: Any, num_params: int, total_batch: int) -> int:
     """Number of optimizer steps: ``max_steps``, else tokens = ``data_param_ratio`` x params."""
     if options.max_steps > 0:
-        return options.max_steps
+        return int(options.max_steps)
     if options.data_param_ratio <= 0:
         raise UsageError("set pretrain.max_steps or a positive pretrain.data_param_ratio")
     return max(1, math.ceil(options.data_param_ratio * num_params / total_batch))
 
 
-def check_loss(loss: float, step: int, limit: float, last_checkpoint: int | None) -> None:
+def check_loss(
+    loss: float, step: int, limit: float, last_checkpoint: int | None, stage: str = "pretrain"
+) -> None:
     """Stop with a clear message when the loss is NaN, infinite or above ``limit``."""
     if math.isfinite(loss) and loss <= limit:
         return
@@ -46,7 +48,7 @@ def check_loss(loss: float, step: int, limit: float, last_checkpoint: int | None
     )
     raise StageError(
         f"training diverged at step {step}: loss {loss}; {kept}. "
-        "Lower the learning rates (-o pretrain.matrix_lr=...) and run again"
+        f"Lower the learning rates (-o {stage}.matrix_lr=...) and run again"
     )
 
 
@@ -55,8 +57,3 @@ def no_sync_unless(model: Any, sync: bool) -> contextlib.AbstractContextManager[
     if sync or not hasattr(model, "no_sync"):
         return contextlib.nullcontext()
     return model.no_sync()
-
-
-def elapsed(start: float) -> float:
-    """Seconds since ``start`` (``time.perf_counter``)."""
-    return time.perf_counter() - start

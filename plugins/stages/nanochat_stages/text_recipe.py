@@ -1,0 +1,105 @@
+"""What `pretrain` plugs into the training loop: packed text rows, bits per byte, text samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from nanochat.core.data_refs import open_dataset
+from nanochat.core.evaluation import evaluate_bpb, text_eval_batches
+from nanochat_stages.options import PretrainOptions
+from nanochat_stages.packing import BestFitPacker
+from nanochat_stages.pretrain_stage import SAMPLE_PROMPTS, plan_steps
+from nanochat_stages.token_stream import TokenStream
+
+
+class TextBatches:
+    """Best-fit packed rows of a text dataset: every target carries a loss."""
+
+    def __init__(
+        self, stream: TokenStream, rows: int, row_len: int, buffer: int, state: Any = None
+    ):
+        self.stream = stream
+        self.rows = rows
+        self.packer = BestFitPacker(row_len, stream.next_doc, buffer)
+        if state:
+            self.packer.load_state(state["packer"])
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows`` packed rows as ``(inputs, targets)``."""
+        batch = torch.from_numpy(self.packer.next_batch(self.rows))
+        return batch[:, :-1], batch[:, 1:]
+
+    def state(self) -> dict[str, Any]:
+        """Dataset position and buffered documents."""
+        buffer = [torch.from_numpy(np.asarray(d)) for d in self.packer.state()["buffer"]]
+        return {"stream": self.stream.state(), "packer": {"buffer": buffer}}
+
+    def close(self) -> None:
+        """Stop the tokenizing thread."""
+        self.stream.close()
+
+
+class TextRecipe:
+    """From scratch, on a text dataset, validated by bits per byte."""
+
+    init_from: tuple[str, ...] = ()
+    eval_at_start = True
+
+    def __init__(self, options: PretrainOptions):
+        self.o = options
+
+    def total_steps(self, loop: Any, num_params: int, total_batch: int) -> int:
+        """``max_steps``, else ``data_param_ratio`` tokens per parameter."""
+        return plan_steps(self.o, num_params, total_batch)
+
+    def open_source(self, loop: Any, state: dict[str, Any] | None) -> TextBatches:
+        """This rank's packed text rows."""
+        o, rt = self.o, loop.rt
+        self.dataset = open_dataset(o.dataset, loop.ctx.registry, kind="text")
+        stream = TokenStream(
+            self.dataset,
+            loop.tokenizer,
+            "train",
+            rt.rank,
+            rt.world_size,
+            seed=o.seed,
+            state=state["stream"] if state else None,
+            doc_cap=o.doc_cap,
+        )
+        return TextBatches(stream, o.device_batch_size, loop.seq_len + 1, o.doc_buffer, state)
+
+    def prepare_eval(self, loop: Any) -> None:
+        """Fixed validation rows and the byte length of every token."""
+        rt = loop.rt
+        self.val_batches = text_eval_batches(
+            self.dataset,
+            loop.tokenizer,
+            loop.seq_len,
+            self.o.device_batch_size,
+            self.o.eval_tokens,
+            rt.device,
+            "val",
+            rt.rank,
+            rt.world_size,
+        )
+        self.token_bytes = torch.tensor(
+            loop.tokenizer.token_bytes(), dtype=torch.long, device=rt.device
+        )
+
+    def evaluate(self, loop: Any) -> dict[str, float]:
+        """Validation bits per byte."""
+        return {"val_bpb": evaluate_bpb(loop.model, self.val_batches, self.token_bytes, loop.rt)}
+
+    def samples(self, loop: Any) -> list[str]:
+        """Greedy continuations of a few fixed prompts."""
+        out = []
+        bos = loop.tokenizer.special_tokens["<|bos|>"]
+        for prompt in SAMPLE_PROMPTS:
+            ids = [bos, *loop.tokenizer.encode(prompt)]
+            with loop.rt.autocast():
+                new = list(loop.model.generate(ids, self.o.sample_tokens))
+            out.append(prompt + loop.tokenizer.decode(new))
+        return out

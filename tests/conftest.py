@@ -86,6 +86,36 @@ def run_cli(
     )
 
 
+def kill_when_checkpointed(
+    args: Sequence[str],
+    home: Path,
+    checkpoints: Path,
+    count: int,
+    sites: Sequence[Path] = (),
+    timeout: float = 240,
+) -> tuple[int, list[int]]:
+    """Start ``nanochat ARGS``, SIGKILL it once ``checkpoints`` holds ``count`` checkpoints.
+
+    Returns the process's return code and the steps of the checkpoints left behind.
+    """
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanochat", *args],
+        env=cli_env(home, sites),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list(checkpoints.glob("step_*"))) < count:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return proc.returncode, sorted(int(p.name[5:]) for p in checkpoints.glob("step_*"))
+
+
 def run_torchrun(
     nproc: int, args: Sequence[str], home: Path, sites: Sequence[Path] = (), timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:

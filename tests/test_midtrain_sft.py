@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli_env, run_cli, run_torchrun
+from conftest import kill_when_checkpointed, run_cli, run_torchrun
 from nanochat_stages.chat_batches import ConversationStream, PackedChatBatches, PaddedChatBatches
 from nanochat_stages.options import MidtrainOptions, SftOptions
 from nanochat_stages.presets import presets
@@ -277,20 +273,8 @@ def test_sigkill_during_sft_resumes(chat_home: Path, tmp_path: Path) -> None:
         *("run", "sft", "--run", "c", *SMALL),
         *("-o", "sft.max_steps=30", "-o", "sft.checkpoint_every=2", "-o", "sft.eval_every=1000"),
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nanochat", *args],
-        env=cli_env(tmp_path),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     checkpoints = tmp_path / "runs" / "c" / "sft" / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(checkpoints.glob("step_*"))) < 2:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    steps = sorted(int(p.name[5:]) for p in checkpoints.glob("step_*"))
+    _, steps = kill_when_checkpointed(args, tmp_path, checkpoints, 2)
     assert steps and steps[-1] < 29
     result = run_cli(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

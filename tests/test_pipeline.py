@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-from conftest import REPO, cli_env, run_cli
+from conftest import REPO, kill_when_checkpointed, run_cli
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -66,22 +64,9 @@ def test_rerun_skips_finished_stages(home: Path, plugin_sites) -> None:
 def test_sigkill_in_second_stage_then_rerun_resumes(home: Path, plugin_sites) -> None:
     sites = [plugin_sites["hello"]]
     args = ["run", "hello", "count", "--run", "k", "-o", "count.steps=40", "-o", "count.sleep=0.1"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nanochat", *args],
-        env=cli_env(home, sites),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=REPO,
-    )
     checkpoints = home / "runs" / "k" / "count" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if checkpoints.is_dir() and len(list(checkpoints.glob("step_*"))) >= 5:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    returncode, _ = kill_when_checkpointed(args, home, checkpoints, 5, sites, timeout=120)
+    assert returncode == -signal.SIGKILL
     run_dir = home / "runs" / "k"
     assert not (run_dir / "count" / "done.json").exists()
 

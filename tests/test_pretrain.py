@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, cli_env, run_cli, run_torchrun
+from conftest import kill_when_checkpointed, run_cli, run_torchrun
 from nanochat_stages.packing import MIN_REMAINDER, BestFitPacker
 from nanochat_stages.schedule import lr_multiplier
 from safetensors.torch import load_file
@@ -232,20 +228,8 @@ def test_sigkill_during_pretrain_resumes(tmp_path: Path, trained_tokenizer: Path
         "-o",
         "pretrain.eval_every=1000",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nanochat", *args],
-        env=cli_env(tmp_path),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     checkpoints = tmp_path / "runs" / "k" / "pretrain" / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(checkpoints.glob("step_*"))) < 2:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    steps = sorted(int(p.name[5:]) for p in checkpoints.glob("step_*"))
+    _, steps = kill_when_checkpointed(args, tmp_path, checkpoints, 2)
     assert steps, "no checkpoint before the kill"
     assert steps[-1] < 39, "the run finished before it could be killed"
     result = run_cli(args, tmp_path)

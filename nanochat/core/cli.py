@@ -7,9 +7,10 @@ Errors meant for the user print one line and exit non-zero; ``--debug`` shows tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -141,32 +142,67 @@ def list_command(kind: str, as_json: bool) -> None:
         click.echo(f"{name:<24} {tag}{row['summary']}  [{row['plugin']}]")
 
 
+def component_options(example: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options shared by `run` and `eval`: -o, --model, --tokenizer and --device."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(
+            [
+                click.option(
+                    "-o",
+                    "--option",
+                    "overrides",
+                    multiple=True,
+                    metavar="SCOPE.KEY=VALUE",
+                    help=f"Override an option, e.g. -o {example} (repeatable).",
+                ),
+                click.option("--model", default=None, help="Model plugin name [default: gpt]."),
+                click.option(
+                    "--tokenizer", default=None, help="Tokenizer plugin name [default: rustbpe]."
+                ),
+                click.option(
+                    "--device",
+                    default="auto",
+                    type=click.Choice(["auto", "cuda", "mps", "cpu"]),
+                    help="Where to compute.",
+                ),
+            ]
+        ):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+@contextlib.contextmanager
+def torchrun_runtime(device: str) -> Iterator[Any]:
+    """Under torchrun, a runtime joined to the process group (shut down at the end); else None,
+    and stages create their runtime when they first need one."""
+    from nanochat.core.runtime import torchrun_env
+
+    if torchrun_env()[2] <= 1:
+        yield None
+        return
+    from nanochat.core.runtime import init_runtime
+
+    runtime = init_runtime(device)
+    try:
+        yield runtime
+    finally:
+        runtime.shutdown()
+
+
 @cli.command("run", context_settings={"show_default": True})
 @click.argument("stages", nargs=-1, required=True)
 @click.option("--run", "run_name", default="default", help="Run name (folder under runs/).")
 @click.option("--preset", default=None, help="Apply a preset's options first.")
-@click.option(
-    "-o",
-    "--option",
-    "overrides",
-    multiple=True,
-    metavar="SCOPE.KEY=VALUE",
-    help="Override an option, e.g. -o pretrain.steps=100 (repeatable).",
-)
-@click.option("--model", default=None, help="Model plugin name [default: gpt].")
-@click.option("--tokenizer", default=None, help="Tokenizer plugin name [default: rustbpe].")
+@component_options("pretrain.max_steps=100")
 @click.option(
     "--log",
     "loggers",
     multiple=True,
     metavar="NAME",
     help="Extra metric logger (console and jsonl are always on), e.g. wandb.",
-)
-@click.option(
-    "--device",
-    default="auto",
-    type=click.Choice(["auto", "cuda", "mps", "cpu"]),
-    help="Where to compute.",
 )
 def run_command(
     stages: tuple[str, ...],
@@ -184,41 +220,17 @@ def run_command(
     Works the same under `torchrun --nproc_per_node=N`.
     """
     from nanochat.core.pipeline import plan_run, run_pipeline
-    from nanochat.core.runtime import torchrun_env
 
     reg = registry_module.get_registry()
     plan = plan_run(reg, stages, run_name, preset, overrides, model, tokenizer, loggers, device)
-    runtime = None
-    if torchrun_env()[2] > 1:
-        from nanochat.core.runtime import init_runtime
-
-        runtime = init_runtime(device)
-    try:
+    with torchrun_runtime(device) as runtime:
         run_pipeline(plan, reg, runtime)
-    finally:
-        if runtime is not None:
-            runtime.shutdown()
 
 
 @cli.command("eval", context_settings={"show_default": True})
 @click.argument("name")
 @click.option("--run", "run_name", default="default", help="Run whose newest model to evaluate.")
-@click.option(
-    "-o",
-    "--option",
-    "overrides",
-    multiple=True,
-    metavar="SCOPE.KEY=VALUE",
-    help="Override an option, e.g. -o eval-bpb.tokens=10000 (repeatable).",
-)
-@click.option("--model", default=None, help="Model plugin name [default: gpt].")
-@click.option("--tokenizer", default=None, help="Tokenizer plugin name [default: rustbpe].")
-@click.option(
-    "--device",
-    default="auto",
-    type=click.Choice(["auto", "cuda", "mps", "cpu"]),
-    help="Where to compute.",
-)
+@component_options("eval-bpb.tokens=10000")
 def eval_command(
     name: str,
     run_name: str,
@@ -229,20 +241,11 @@ def eval_command(
 ) -> None:
     """Evaluate the newest model of a run with evaluator NAME and print its metrics (JSON)."""
     from nanochat.core.pipeline import plan_run, run_eval
-    from nanochat.core.runtime import torchrun_env
 
     reg = registry_module.get_registry()
     plan = plan_run(reg, [f"eval:{name}"], run_name, None, overrides, model, tokenizer, (), device)
-    runtime = None
-    if torchrun_env()[2] > 1:
-        from nanochat.core.runtime import init_runtime
-
-        runtime = init_runtime(device)
-    try:
+    with torchrun_runtime(device) as runtime:
         metrics = run_eval(plan, reg, runtime)
-    finally:
-        if runtime is not None:
-            runtime.shutdown()
     if runtime is None or runtime.is_main:
         click.echo(json.dumps(metrics, indent=2, default=str))
 

@@ -350,6 +350,14 @@ class RunContext:
         self.metrics.log({"stage": self.stage_name, **record})
 
 
+def open_metrics(plan: RunPlan, registry: Registry, main: bool) -> Any:
+    """The run's metrics fan-out: the plan's loggers on the main process, none elsewhere."""
+    from nanochat.core.metrics import Metrics
+
+    loggers = [r.spec.load_factory()(options) for r, options in plan.loggers] if main else []
+    return Metrics(plan.run_name, loggers, registry.manager.hook, enabled=main)
+
+
 def run_pipeline(
     plan: RunPlan, registry: Registry, runtime: Any = None
 ) -> dict[str, dict[str, Any]]:
@@ -357,16 +365,13 @@ def run_pipeline(
 
     ``runtime`` is created lazily by the first stage that asks for it.
     """
-    from nanochat.core.metrics import Metrics
-
     run_dir = run_directory(plan.run_name)
     description = plan.describe(registry)
     main = runtime is None or runtime.is_main
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / PIPELINE_FILE, description)
-    loggers = [r.spec.load_factory()(options) for r, options in plan.loggers] if main else []
-    metrics = Metrics(plan.run_name, loggers, registry.manager.hook, enabled=main)
+    metrics = open_metrics(plan, registry, main)
     results: dict[str, dict[str, Any]] = {}
     # Every rank decides what to skip from the same snapshot, taken before any rank can write.
     finished = {e.scope for e in plan.stages if (run_dir / e.scope / DONE_FILE).is_file()}
@@ -455,14 +460,11 @@ def run_eval(plan: RunPlan, registry: Registry, runtime: Any = None) -> dict[str
     Raises:
         UsageError: the run does not exist.
     """
-    from nanochat.core.metrics import Metrics
-
     run_dir = run_directory(plan.run_name)
     if not run_dir.is_dir():
         raise UsageError(f"run {plan.run_name!r} does not exist in {run_dir.parent}")
     main = runtime is None or runtime.is_main
-    loggers = [r.spec.load_factory()(options) for r, options in plan.loggers] if main else []
-    metrics = Metrics(plan.run_name, loggers, registry.manager.hook, enabled=main)
+    metrics = open_metrics(plan, registry, main)
     try:
         metrics.start(run_dir, plan.describe(registry))
         ctx = RunContext(plan, registry, run_dir, plan.stages[0], metrics, runtime)

@@ -100,7 +100,8 @@ def create_plugin_manager() -> pluggy.PluginManager:
     return manager
 
 
-def _hook_names(plugin: object) -> list[str]:
+def hook_names(plugin: object) -> list[str]:
+    """Names of the nanochat hooks ``plugin`` implements."""
     return [
         name
         for name in dir(plugin)
@@ -160,7 +161,7 @@ def load_plugins(
             continue
         register_plugin(manager, plugin, ep.name)
         info.status = "loaded"
-        info.hooks = _hook_names(plugin)
+        info.hooks = hook_names(plugin)
     return infos
 
 

@@ -118,7 +118,7 @@ class Registry:
             version=None,
             builtin=False,
             status="loaded",
-            hooks=plugin_loading._hook_names(plugin),
+            hooks=plugin_loading.hook_names(plugin),
         )
         self.plugins.append(info)
         self.collect()

@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
-from nanochat.core.errors import NanochatError
 from nanochat.plugins.tokenizers.options import DEFAULT_SPLIT_PATTERN, TokenizerOptions
 from nanochat.plugins.tokenizers.rustbpe_adapter import (
     TokenizerFileError,
     check_meta,
+    check_vocab_size,
     write_meta,
 )
 
@@ -167,11 +167,8 @@ class HFBPEFactory:
         """Train on ``texts`` to ``vocab_size`` ids, special tokens included."""
         from tokenizers import pre_tokenizers, trainers
 
+        check_vocab_size(vocab_size, special_tokens)
         base = vocab_size - len(special_tokens)
-        if base < 256:
-            raise NanochatError(
-                f"vocab_size {vocab_size} is too small: need at least {256 + len(special_tokens)}"
-            )
         tokenizer = self._new_tokenizer()
         trainer = trainers.BpeTrainer(
             vocab_size=base,

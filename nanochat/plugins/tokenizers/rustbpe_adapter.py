@@ -42,6 +42,14 @@ def check_meta(directory: Path, implementation: str) -> None:
         )
 
 
+def check_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
+    """Fail clearly when ``vocab_size`` cannot hold the 256 bytes and the special tokens."""
+    if vocab_size < 256 + len(special_tokens):
+        raise NanochatError(
+            f"vocab_size {vocab_size} is too small: need at least {256 + len(special_tokens)}"
+        )
+
+
 class RustBPETokenizer:
     """A trained rustbpe tokenizer (implements :class:`nanochat.core.components.Tokenizer`)."""
 
@@ -109,10 +117,7 @@ class RustBPEFactory:
         progress: Callable[[int, int], None] | None = None,
     ) -> RustBPETokenizer:
         """Train on ``texts`` to ``vocab_size`` ids, special tokens included."""
-        if vocab_size < 256 + len(special_tokens):
-            raise NanochatError(
-                f"vocab_size {vocab_size} is too small: need at least {256 + len(special_tokens)}"
-            )
+        check_vocab_size(vocab_size, special_tokens)
         inner = nanochat_rustbpe.Tokenizer.train(
             texts,
             vocab_size=vocab_size,

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 for sub in ("", "plugins/stages", "plugins/datasets", "plugins/evals", "rustbpe/python"):
     sys.path.insert(0, str(ROOT / sub))
 
-from nanochat.core.pipeline import plan_run, run_pipeline  # noqa: E402
+from nanochat.core.pipeline import run_pipeline  # noqa: E402
+from nanochat.core.plan import plan_run  # noqa: E402
 from nanochat.core.plugins import create_plugin_manager, load_module_plugin  # noqa: E402
 from nanochat.core.registry import Registry  # noqa: E402
 

@@ -16,9 +16,9 @@ MFU = ``flops_per_token * tokens/s / peak``, with the model's own
 :meth:`~nanochat.plugins.gpt.model.GPT.flops_per_token` (the count used in training logs).
 
 - On CUDA the peak is the card's dense bf16 peak from
-  :data:`~nanochat.plugins.gpt.flops.PEAK_BF16_FLOPS`; the step runs under bf16 autocast.
+  :data:`~nanochat.core.hardware.PEAK_BF16_FLOPS`; the step runs under bf16 autocast.
 - On CPU the peak is this machine's fp32 matmul throughput, measured in the same run by
-  :func:`~nanochat.plugins.gpt.flops.measure_cpu_matmul_flops` (1024x1024 products) right after
+  :func:`~nanochat.core.hardware.measure_cpu_matmul_flops` (1024x1024 products) right after
   every timed step; MFU is the median over steps of (that step's model FLOP/s) / (the peak
   measured just after it). Pairing matters on a shared machine: the speed of a 2-core VM with
   busy neighbours moves by 3x within a minute, and a step timed in a quiet moment divided by a
@@ -69,8 +69,9 @@ from collections.abc import Callable
 
 import torch
 
+from nanochat.core.hardware import measure_cpu_matmul_flops, peak_flops
+from nanochat.core.models import OptimizerSettings
 from nanochat.plugins.gpt.factory import GPTFactory
-from nanochat.plugins.gpt.flops import measure_cpu_matmul_flops, peak_flops
 from nanochat.plugins.gpt.model import GPT
 from nanochat.plugins.gpt.options import GPTOptions
 
@@ -93,7 +94,7 @@ def make_step(
     """One training step function (forward, backward, optimizer) and its model."""
     model = build(args, device)
     if optimizer == "muon+adamw":
-        opts = GPTFactory().optimizers(model, world_size=1)
+        opts = GPTFactory().optimizers(model, OptimizerSettings())
     else:
         fused = device.type == "cuda"
         opts = [torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), fused=fused)]
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"no peak FLOP/s known for {name!r}; add it to PEAK_BF16_FLOPS")
         peak_note = f"{name}: bf16 dense peak {peak / 1e12:.0f} TFLOP/s (table)"
     else:
-        peak = measure_cpu_matmul_flops(args.peak_size, torch.float32, seconds=2.0)
+        peak = measure_cpu_matmul_flops(args.peak_size, seconds=2.0)
         peak_note = (
             f"CPU, {torch.get_num_threads()} threads: measured fp32 matmul peak "
             f"{peak / 1e9:.1f} GFLOP/s ({args.peak_size}x{args.peak_size})"

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from nanochat.core.hardware import measure_cpu_matmul_flops, peak_flops
+from nanochat.core.models import OptimizerSettings
 from nanochat.plugins.gpt.factory import GPTFactory
-from nanochat.plugins.gpt.flops import measure_cpu_matmul_flops, peak_flops
 from nanochat.plugins.gpt.model import GPT, GPTConfig
 from nanochat.plugins.gpt.muon import Muon, zeropower_via_newtonschulz5
 from nanochat.plugins.gpt.options import GPTOptions
@@ -94,20 +95,41 @@ def test_kv_cache_matches_full_sequence(n_kv_head) -> None:
     model = make(depth=2, head_dim=32, n_kv_head=n_kv_head)
     idx = torch.randint(0, 100, (2, 16))
     full = model(idx)
-    cache = model.new_kv_cache(batch_size=2, max_len=16)
-    steps = [model(idx[:, :6], kv_cache=cache)]  # prefill
-    steps += [model(idx[:, 6:10], kv_cache=cache)]  # a chunk after a cached prefix
-    steps += [model(idx[:, t : t + 1], kv_cache=cache) for t in range(10, 16)]  # one at a time
+    cache = model.new_cache(batch_size=2, max_len=16)
+    steps = [model.forward_cached(idx[:, :6], cache)]  # prefill
+    steps += [model.forward_cached(idx[:, 6:10], cache)]  # a chunk after a cached prefix
+    steps += [model.forward_cached(idx[:, t : t + 1], cache) for t in range(10, 16)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
-    assert cache.get_pos() == 16
+    assert cache.positions.tolist() == [16, 16]
     with pytest.raises(ValueError, match="full"):
-        model(idx[:, :1], kv_cache=cache)
+        model.forward_cached(idx[:, :1], cache)
+
+
+def test_cache_rows_keep_their_own_positions() -> None:
+    """Two prompts of different lengths decode together, each as if it were alone."""
+    model = make(depth=2, head_dim=32, n_kv_head=1)
+    short, long = torch.randint(0, 100, (1, 3)), torch.randint(0, 100, (1, 7))
+    cache = model.new_cache(batch_size=2, max_len=12)
+    cache.reset([1])
+    # row 1 prefills 4 tokens while row 0 is reset afterwards: rows advance independently
+    model.forward_cached(torch.cat([long[:, :4], long[:, :4]]), cache)
+    cache.reset([0])
+    model.forward_cached(torch.cat([short, long[:, 4:7]]), cache)
+    assert cache.positions.tolist() == [3, 7]
+    nxt = torch.tensor([[5], [6]])
+    step = model.forward_cached(nxt, cache)[:, -1]
+    alone_short = model(torch.cat([short, nxt[:1]], dim=1))[:, -1]
+    alone_long = model(torch.cat([long, nxt[1:]], dim=1))[:, -1]
+    torch.testing.assert_close(step[0], alone_short[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(step[1], alone_long[0], atol=1e-5, rtol=1e-4)
 
 
 def test_generate_greedy_matches_argmax() -> None:
+    from nanochat.core.generation import generate_tokens
+
     model = make(depth=1)
     prompt = [3, 1, 4, 1, 5]
-    out = list(model.generate(prompt, max_tokens=4))
+    out = list(generate_tokens(model, prompt, max_tokens=4))
     ids = list(prompt)
     for _ in range(4):
         ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
@@ -207,12 +229,14 @@ def test_optimizers_cover_every_parameter_once() -> None:
     model = make(depth=2)
     opts = GPTFactory().optimizers(
         model,
-        matrix_lr=0.02,
-        embedding_lr=0.2,
-        unembedding_lr=0.004,
-        scalar_lr=0.5,
-        weight_decay=0.0,
-        world_size=1,
+        OptimizerSettings(
+            matrix_lr=0.02,
+            embedding_lr=0.2,
+            unembedding_lr=0.004,
+            scalar_lr=0.5,
+            weight_decay=0.0,
+            world_size=1,
+        ),
     )
     seen = [p for opt in opts for g in opt.param_groups for p in g["params"]]
     assert len(seen) == len({id(p) for p in seen}) == len(list(model.parameters()))

@@ -133,7 +133,7 @@ def test_failing_plugin_is_isolated(home: Path, plugin_sites) -> None:
     assert result.returncode == 0
     broken = by_name(json.loads(result.stdout))["nanochat-broken"]
     assert broken["status"] == "failed"
-    assert broken["error"] == "RuntimeError: nanochat-broken exploded on import"
+    assert broken["error"] == "import: RuntimeError: nanochat-broken exploded on import"
     warnings = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(warnings) == 1 and "nanochat-broken" in warnings[0], result.stderr
     listed = run_cli(["list", "stages"], home, sites)

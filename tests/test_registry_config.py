@@ -10,7 +10,7 @@ from nanochat.core import config as cfg
 from nanochat.core.components import ComponentSpec, Preset
 from nanochat.core.errors import AmbiguousComponentError, UnknownComponentError, UsageError
 from nanochat.core.hookspecs import hookimpl
-from nanochat.core.pipeline import plan_run
+from nanochat.core.plan import plan_run
 from nanochat.core.plugins import create_plugin_manager
 from nanochat.core.registry import Registry
 

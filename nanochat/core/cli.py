@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -17,9 +18,12 @@ import click
 
 from nanochat.core import registry as registry_module
 from nanochat.core.errors import NanochatError, UsageError
-from nanochat.core.registry import normalize_kind
+from nanochat.core.registry import Registry, normalize_kind
 
 _DEBUG_FLAG = "--debug"
+# What `run` and `eval` use when neither the command, the run's record nor the preset names a
+# model or tokenizer (the core itself knows no plugin by name).
+DEFAULT_COMPONENTS = {"model": "gpt", "tokenizer": "rustbpe"}
 
 
 def scan_plugin_options(args: Sequence[str]) -> list[str]:
@@ -52,8 +56,10 @@ def scan_plugin_options(args: Sequence[str]) -> list[str]:
     help="Enable plugin NAME, or block it with no:NAME (repeatable).",
 )
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug messages).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors in the log output.")
 @click.version_option(package_name="nanochat", prog_name="nanochat")
-def cli(plugin_options: tuple[str, ...], debug: bool) -> None:
+def cli(plugin_options: tuple[str, ...], debug: bool, verbose: int, quiet: bool) -> None:
     """nanochat: train a small ChatGPT-like model end to end, and serve it.
 
     Everything is a plugin: list them with `nanochat plugins`, the components they give with
@@ -65,6 +71,16 @@ def cli(plugin_options: tuple[str, ...], debug: bool) -> None:
       NANOCHAT_DISABLE_PLUGIN_AUTOLOAD=1  load only built-in plugins (plus -p NAME)
       NANOCHAT_STRICT_PLUGINS=1           fail when a plugin cannot be loaded
     """
+    configure_logging(verbose, quiet)
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """Log warnings (default), info (-v), debug (-vv) or errors only (-q) to stderr."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO)[min(verbose, 1)]
+    if verbose >= 2:
+        level = logging.DEBUG
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("nanochat").setLevel(level)
 
 
 @cli.command("plugins")
@@ -219,10 +235,22 @@ def run_command(
     A stage is a stage plugin's name (`pretrain`, `plugin/name`) or `eval:NAME` for an evaluator.
     Works the same under `torchrun --nproc_per_node=N`.
     """
-    from nanochat.core.pipeline import plan_run, run_pipeline
+    from nanochat.core.pipeline import run_pipeline
+    from nanochat.core.plan import plan_run
 
     reg = registry_module.get_registry()
-    plan = plan_run(reg, stages, run_name, preset, overrides, model, tokenizer, loggers, device)
+    plan = plan_run(
+        reg,
+        stages,
+        run_name,
+        preset,
+        overrides,
+        model,
+        tokenizer,
+        loggers,
+        device,
+        DEFAULT_COMPONENTS,
+    )
     with torchrun_runtime(device) as runtime:
         run_pipeline(plan, reg, runtime)
 
@@ -240,19 +268,44 @@ def eval_command(
     device: str,
 ) -> None:
     """Evaluate the newest model of a run with evaluator NAME and print its metrics (JSON)."""
-    from nanochat.core.pipeline import plan_run, run_eval
+    from nanochat.core.pipeline import run_eval
+    from nanochat.core.plan import plan_run
 
     reg = registry_module.get_registry()
-    plan = plan_run(reg, [f"eval:{name}"], run_name, None, overrides, model, tokenizer, (), device)
+    plan = plan_run(
+        reg,
+        [f"eval:{name}"],
+        run_name,
+        None,
+        overrides,
+        model,
+        tokenizer,
+        (),
+        device,
+        DEFAULT_COMPONENTS,
+    )
     with torchrun_runtime(device) as runtime:
         metrics = run_eval(plan, reg, runtime)
     if runtime is None or runtime.is_main:
         click.echo(json.dumps(metrics, indent=2, default=str))
 
 
-def build_cli(reg: Any) -> click.Group:
-    """The CLI group with every plugin's extra commands added."""
-    reg.manager.hook.nanochat_register_commands(cli=cli)
+def build_cli(reg: Registry) -> click.Group:
+    """The CLI group with every plugin's extra commands added.
+
+    A plugin whose ``nanochat_register_commands`` raises is marked failed (its components are
+    dropped too) and the commands it added are removed; strict mode raises.
+    """
+    for impl in reg.manager.hook.nanochat_register_commands.get_hookimpls():
+        before = dict(cli.commands)
+        try:
+            impl.function(cli=cli)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - isolate a plugin's broken hook
+            cli.commands.clear()
+            cli.commands.update(before)
+            reg.mark_failed(impl.plugin_name, exc, "nanochat_register_commands")
     return cli
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    import torch
-
-    from nanochat.core.pipeline import RunContext
+    from nanochat.core.checkpoint import CheckpointManager
+    from nanochat.core.models import Model, ModelFactory
+    from nanochat.core.registry import Registry
+    from nanochat.core.runtime import Runtime
 
 COMPONENT_KINDS: tuple[str, ...] = (
     "model",
@@ -29,6 +30,9 @@ COMPONENT_KINDS: tuple[str, ...] = (
     "tool",
     "logger",
 )
+
+
+ARTIFACT_KINDS: tuple[str, ...] = ("model", "tokenizer")
 
 
 @dataclass
@@ -47,6 +51,9 @@ class ComponentSpec:
         summary: one line for ``nanochat list``.
         options: the options dataclass (defaults are the component's defaults).
         extra: free-form facts about the component (e.g. ``{"data_kind": "chat"}``).
+        produces: what a stage leaves in the run for later stages and commands: ``"model"``
+            (checkpoints holding a model: "the newest model of a run" is looked for among the
+            stages that declare it) and/or ``"tokenizer"``.
     """
 
     kind: str
@@ -55,6 +62,7 @@ class ComponentSpec:
     summary: str = ""
     options: type = NoOptions
     extra: Mapping[str, Any] = field(default_factory=dict)
+    produces: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in COMPONENT_KINDS:
@@ -63,15 +71,38 @@ class ComponentSpec:
             raise ValueError(f"invalid component name {self.name!r}: no '/' or ':' allowed")
         if ":" not in self.factory:
             raise ValueError(f"factory {self.factory!r} must be 'module:attr'")
-        if not dataclasses.is_dataclass(self.options):
+        if not isinstance(self.options, type) or not dataclasses.is_dataclass(self.options):
             raise ValueError(f"options of {self.kind}:{self.name} must be a dataclass type")
+        unknown = [p for p in self.produces if p not in ARTIFACT_KINDS]
+        if isinstance(self.produces, str) or unknown:
+            raise ValueError(
+                f"produces of {self.kind}:{self.name} must be a tuple of {ARTIFACT_KINDS}"
+            )
 
     def load_factory(self) -> Callable[..., Any]:
-        """Import and return the factory callable (this is where heavy imports happen)."""
+        """Import and return the factory callable (this is where heavy imports happen).
+
+        Raises:
+            ComponentLoadError: the module cannot be imported or has no such attribute.
+        """
+        from nanochat.core.errors import ComponentLoadError
+
         module_name, _, attr = self.factory.partition(":")
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except ImportError as exc:
+            raise ComponentLoadError(
+                f"{self.kind} {self.name!r}: cannot import its factory {self.factory!r} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        except AttributeError:
+            raise ComponentLoadError(
+                f"{self.kind} {self.name!r}: factory {self.factory!r} does not exist"
+            ) from None
+        if not callable(obj):
+            raise ComponentLoadError(f"{self.kind} {self.name!r}: {self.factory!r} is not callable")
         return obj
 
 
@@ -144,15 +175,96 @@ class TokenizerFactory(Protocol):
         ...
 
 
-class ModelFactory(Protocol):
-    """What a model spec's factory returns: builds models from a JSON-serialisable config."""
+class RunContext(Protocol):
+    """What a stage, an evaluator or a server sees of its run (the core's context implements it).
 
-    def config(self, vocab_size: int) -> dict[str, Any]:
-        """The JSON-serialisable config of a model of these options and vocab size."""
+    Components read earlier artifacts through it (the tokenizer, the newest model, another
+    stage's checkpoints) and never build paths into the run themselves.
+    """
+
+    @property
+    def run_name(self) -> str:
+        """The run's name."""
         ...
 
-    def build(self, config: dict[str, Any]) -> torch.nn.Module:
-        """A new model from ``config`` (as stored in checkpoints)."""
+    @property
+    def run_dir(self) -> Path:
+        """The run's folder."""
+        ...
+
+    @property
+    def stage_name(self) -> str:
+        """This component's folder and ``-o`` scope in the run."""
+        ...
+
+    @property
+    def stage_dir(self) -> Path:
+        """This component's own folder (created on first use)."""
+        ...
+
+    @property
+    def options(self) -> Any:
+        """This component's options dataclass, overrides applied."""
+        ...
+
+    @property
+    def registry(self) -> Registry:
+        """The registry (to open datasets or other components by name)."""
+        ...
+
+    @property
+    def runtime(self) -> Runtime:
+        """Device, dtype and process group (created on first use; imports torch)."""
+        ...
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes shared files (rank 0)."""
+        ...
+
+    @property
+    def checkpoints(self) -> CheckpointManager:
+        """This component's own checkpoints."""
+        ...
+
+    def stage_checkpoints(self, stage: str) -> CheckpointManager:
+        """The checkpoints of another stage of the run (by its scope name)."""
+        ...
+
+    def stage_finished(self, stage: str) -> bool:
+        """Whether stage ``stage`` of this run has finished."""
+        ...
+
+    def tokenizer_factory(self) -> TokenizerFactory:
+        """The run's tokenizer plugin (to train a tokenizer)."""
+        ...
+
+    def save_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Save ``tokenizer`` as the run's tokenizer, recording the plugin that made it."""
+        ...
+
+    def load_tokenizer(self) -> Tokenizer:
+        """The run's trained tokenizer, loaded by the plugin that made it."""
+        ...
+
+    def model_factory(self, checkpoint: Any = None) -> ModelFactory:
+        """The model plugin that made ``checkpoint``, else the run's (to build and optimize)."""
+        ...
+
+    def model_record(self) -> dict[str, Any]:
+        """What a checkpoint must record of the model plugin: name, plugin and version."""
+        ...
+
+    def load_model(self, checkpoint: Any) -> Model:
+        """The model saved in ``checkpoint``, built by the plugin recorded in it (CPU)."""
+        ...
+
+    def newest_model_checkpoint(self) -> Any:
+        """The newest checkpoint of any stage of the run that produces a model."""
+        ...
+
+    def log(self, **record: Any) -> None:
+        """Emit a metric record tagged with this component's stage."""
         ...
 
 
@@ -169,8 +281,8 @@ class Evaluator(Protocol):
 
     requires_model: bool
 
-    def evaluate(self, ctx: RunContext, model: Any) -> dict[str, float]:
-        """Return metric name to value."""
+    def evaluate(self, ctx: RunContext, model: Model | None) -> dict[str, float]:
+        """Return metric name to value (``model`` is the run's newest model, on the CPU)."""
         ...
 
 

@@ -26,9 +26,6 @@ from typing import Any
 from nanochat.core import special_tokens as st
 from nanochat.core.data import Conversation, DataError, Message
 
-SYSTEM_START = "<|system_start|>"
-SYSTEM_END = "<|system_end|>"
-
 
 class ConversationTooLong(DataError):
     """A conversation does not fit the allowed number of tokens and may not be truncated."""
@@ -66,7 +63,7 @@ def _special(tokenizer: Any, name: str) -> int:
 
 def _has_system_tokens(tokenizer: Any) -> bool:
     specials = tokenizer.special_tokens
-    return SYSTEM_START in specials and SYSTEM_END in specials
+    return st.SYSTEM_START in specials and st.SYSTEM_END in specials
 
 
 def _segments(tokenizer: Any, conversation: Conversation) -> list[tuple[str, str | int, int]]:
@@ -80,8 +77,8 @@ def _segments(tokenizer: Any, conversation: Conversation) -> list[tuple[str, str
         system = str(messages[0]["content"])
         messages = messages[1:]
         if _has_system_tokens(tokenizer):
-            pieces += [("special", SYSTEM_START, 0), ("text", system, 0)]
-            pieces.append(("special", SYSTEM_END, 0))
+            pieces += [("special", st.SYSTEM_START, 0), ("text", system, 0)]
+            pieces.append(("special", st.SYSTEM_END, 0))
             system = None
     if system is not None:  # no system tokens: the system text opens the first user turn
         if messages and messages[0]["role"] == "user":

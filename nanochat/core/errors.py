@@ -33,3 +33,11 @@ class CheckpointError(NanochatError):
 
 class StageError(NanochatError):
     """A stage that cannot run or failed in a way the user can act on."""
+
+
+class ComponentLoadError(NanochatError):
+    """A component whose factory cannot be imported or created."""
+
+
+class RunLockedError(NanochatError):
+    """Another process is working on the same run."""

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
+from nanochat.core.special_tokens import BOS
+
 
 def bpb_sums(
     per_token_loss: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor
@@ -80,7 +82,7 @@ def text_eval_batches(
     ``<|bos|>``, concatenated and cut into rows of ``seq_len + 1`` ids; this rank's share of
     ``max_tokens`` targets in total.
     """
-    bos = tokenizer.special_tokens["<|bos|>"]  # type: ignore[attr-defined]
+    bos = tokenizer.special_tokens[BOS]  # type: ignore[attr-defined]
     per_rank = max(seq_len, max_tokens // world_size)
     rows_needed = -(-per_rank // seq_len)
     stream: list[int] = []

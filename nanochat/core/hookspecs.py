@@ -28,7 +28,7 @@ def nanochat_register_models() -> list[ComponentSpec]:
     """Return the model specs this plugin provides (kind ``model``).
 
     Called once when the registry is built. A model factory takes the model's options
-    dataclass and returns a :class:`~nanochat.core.components.ModelFactory`.
+    dataclass and returns a :class:`~nanochat.core.models.ModelFactory`.
     """
 
 
@@ -129,3 +129,20 @@ def nanochat_stage_end(run: Any, stage: str, result: dict[str, Any]) -> None:
 @hookspec
 def nanochat_metrics(run_name: str, record: dict[str, Any]) -> None:
     """Called on every plugin with each metric record a run emits (after the loggers got it)."""
+
+
+HOOK_NAMES: tuple[str, ...] = (
+    "nanochat_register_models",
+    "nanochat_register_tokenizers",
+    "nanochat_register_datasets",
+    "nanochat_register_stages",
+    "nanochat_register_evals",
+    "nanochat_register_servers",
+    "nanochat_register_tools",
+    "nanochat_register_loggers",
+    "nanochat_register_presets",
+    "nanochat_register_commands",
+    "nanochat_stage_start",
+    "nanochat_stage_end",
+    "nanochat_metrics",
+)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pluggy
 
 from nanochat.core.components import MetricLogger
 
@@ -25,18 +24,25 @@ def clean_value(value: Any) -> Any:
 
 
 class Metrics:
-    """Fans metric records out to loggers (on the main process only) and to plugins."""
+    """Fans metric records out to loggers (on the main process only) and to plugins.
+
+    Args:
+        run_name: the run the records belong to.
+        loggers: the metric loggers.
+        broadcast: called with each record after the loggers (the ``nanochat_metrics`` hook).
+        enabled: False on processes other than rank 0 (records are dropped).
+    """
 
     def __init__(
         self,
         run_name: str,
         loggers: list[MetricLogger],
-        hook: pluggy.HookRelay | None = None,
+        broadcast: Callable[[dict[str, Any]], None] | None = None,
         enabled: bool = True,
     ):
         self.run_name = run_name
         self.loggers = loggers if enabled else []
-        self.hook = hook
+        self.broadcast = broadcast
         self.enabled = enabled
         self._started = False
 
@@ -55,8 +61,8 @@ class Metrics:
         clean = {"time": round(time.time(), 3), **{k: clean_value(v) for k, v in record.items()}}
         for metric_logger in self.loggers:
             metric_logger.log(clean)
-        if self.hook is not None:
-            self.hook.nanochat_metrics(run_name=self.run_name, record=clean)
+        if self.broadcast is not None:
+            self.broadcast(clean)
 
     def finish(self) -> None:
         """Flush and close every logger."""

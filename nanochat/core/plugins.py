@@ -8,6 +8,7 @@ raise instead. ``NANOCHAT_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the built-in di
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Any
 import pluggy
 
 from nanochat.core import hookspecs
-from nanochat.core.errors import PluginLoadError
+from nanochat.core.errors import PluginLoadError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +102,20 @@ def create_plugin_manager() -> pluggy.PluginManager:
 
 
 def hook_names(plugin: object) -> list[str]:
-    """Names of the nanochat hooks ``plugin`` implements."""
-    return [
-        name
-        for name in dir(plugin)
-        if name.startswith("nanochat_") and callable(getattr(plugin, name, None))
-    ]
+    """Names of the ``@hookimpl``-marked ``nanochat_*`` functions of ``plugin``."""
+    names = []
+    for name in dir(plugin):
+        if not name.startswith("nanochat_"):
+            continue
+        function = getattr(plugin, name, None)
+        if callable(function) and is_hookimpl(function):
+            names.append(name)
+    return names
+
+
+def is_hookimpl(function: object) -> bool:
+    """Whether ``function`` carries nanochat's ``@hookimpl`` marker."""
+    return hasattr(function, f"{hookspecs.PROJECT_NAME}_impl")
 
 
 def _entry_point_info(ep: EntryPoint) -> tuple[str | None, str | None]:
@@ -124,6 +133,37 @@ def discover_entry_points() -> list[EntryPoint]:
     return sorted(seen.values(), key=lambda ep: ep.name)
 
 
+def plugin_failure(
+    info: PluginInfo, where: str, exc: BaseException, selection: PluginSelection
+) -> None:
+    """Mark ``info`` failed because of ``exc`` (raised in ``where``); warn, or raise if strict.
+
+    Raises:
+        PluginLoadError: ``selection.strict`` is set.
+    """
+    message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0] if str(exc) else ""
+    message = message or type(exc).__name__
+    info.status = "failed"
+    info.error = f"{where}: {message}" if where else message
+    if selection.strict:
+        raise PluginLoadError(f"plugin {info.name!r} failed: {info.error}") from None
+    print(
+        f"nanochat: warning: plugin {info.name!r} failed ({info.error}); it is skipped",
+        file=sys.stderr,
+    )
+
+
+def unknown_hooks(plugin: object) -> list[str]:
+    """``nanochat_*`` attributes of ``plugin`` that name no hook (typos), with suggestions."""
+    known = set(hookspecs.HOOK_NAMES)
+    problems = []
+    for name in hook_names(plugin):
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            problems.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return problems
+
+
 def load_plugins(
     manager: pluggy.PluginManager,
     selection: PluginSelection,
@@ -131,11 +171,26 @@ def load_plugins(
 ) -> list[PluginInfo]:
     """Load each entry point allowed by ``selection`` into ``manager``; return every plugin's info.
 
+    A plugin whose import raises anything (``SystemExit`` included; ``KeyboardInterrupt`` is
+    passed on), that implements a hook no spec names, or whose hooks take arguments the spec
+    does not give, is marked ``failed`` with its error and is not registered.
+
     Raises:
-        PluginLoadError: a plugin failed to import and ``selection.strict`` is set.
+        PluginLoadError: a plugin failed and ``selection.strict`` is set.
+        UsageError: ``-p NAME`` names no installed plugin.
     """
+    found = discover_entry_points() if eps is None else list(eps)
+    names = [ep.name for ep in found]
+    for wanted in sorted(selection.enabled | selection.blocked):
+        if wanted not in names:
+            close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.5)
+            hint = f"; did you mean: {', '.join(close)}?" if close else ""
+            raise UsageError(
+                f"-p {wanted}: no installed plugin is called {wanted!r}{hint} "
+                "(`nanochat plugins --all` lists them)"
+            )
     infos: list[PluginInfo] = []
-    for ep in discover_entry_points() if eps is None else eps:
+    for ep in found:
         distribution, version = _entry_point_info(ep)
         builtin = (distribution or ep.name) in BUILTIN_DISTRIBUTIONS
         info = PluginInfo(ep.name, distribution, version, builtin, status="not-loaded")
@@ -148,21 +203,37 @@ def load_plugins(
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:  # noqa: BLE001 - a plugin's import failure must be isolated
-            info.status = "failed"
-            info.error = f"{type(exc).__name__}: {exc}"
-            if selection.strict:
-                raise PluginLoadError(f"plugin {ep.name!r} failed to load: {info.error}") from exc
-            print(
-                f"nanochat: warning: plugin {ep.name!r} failed to load ({info.error}); "
-                "it is skipped",
-                file=sys.stderr,
-            )
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a plugin's import failure must be isolated
+            plugin_failure(info, "import", exc, selection)
             continue
-        register_plugin(manager, plugin, ep.name)
-        info.status = "loaded"
-        info.hooks = hook_names(plugin)
+        register_checked(manager, plugin, info, selection)
     return infos
+
+
+def register_checked(
+    manager: pluggy.PluginManager, plugin: object, info: PluginInfo, selection: PluginSelection
+) -> bool:
+    """Register ``plugin`` as ``info.name`` after checking its hooks; on a problem mark it failed.
+
+    Returns:
+        Whether the plugin is now registered.
+    """
+    typos = unknown_hooks(plugin)
+    if typos:
+        plugin_failure(info, "", ValueError(f"unknown hook {', '.join(typos)}"), selection)
+        return False
+    try:
+        register_plugin(manager, plugin, info.name)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pluggy's validation errors, a raising __init__
+        plugin_failure(info, "register", exc, selection)
+        return False
+    info.status = "loaded"
+    info.hooks = hook_names(plugin)
+    return True
 
 
 def register_plugin(manager: pluggy.PluginManager, plugin: object, name: str) -> None:

@@ -7,6 +7,7 @@ provides it. Unknown names fail with close matches; ambiguous ones name every pr
 from __future__ import annotations
 
 import difflib
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,13 @@ import pluggy
 
 from nanochat.core import plugins as plugin_loading
 from nanochat.core.components import COMPONENT_KINDS, ComponentSpec, Preset
-from nanochat.core.errors import AmbiguousComponentError, UnknownComponentError, UsageError
+from nanochat.core.errors import (
+    AmbiguousComponentError,
+    ComponentLoadError,
+    PluginLoadError,
+    UnknownComponentError,
+    UsageError,
+)
 
 REGISTRATION_HOOKS: dict[str, str] = {
     "model": "nanochat_register_models",
@@ -65,13 +72,26 @@ def normalize_kind(kind: str) -> str:
 
 
 class Registry:
-    """Plugins loaded into a pluggy manager, and the components and presets they registered."""
+    """Plugins loaded into a pluggy manager, and the components and presets they registered.
 
-    def __init__(self, manager: pluggy.PluginManager, plugins: list[plugin_loading.PluginInfo]):
+    Precedence, the same for every kind and for presets: every provider of a short name stays
+    reachable as ``plugin/name``; a short name given by one plugin resolves to it; a short name
+    given by several (a built-in included) is reported by ``nanochat list`` and resolving it is
+    an error naming every provider. A third-party plugin therefore never shadows a built-in:
+    the user chooses one by its full name.
+    """
+
+    def __init__(
+        self,
+        manager: pluggy.PluginManager,
+        plugins: list[plugin_loading.PluginInfo],
+        selection: plugin_loading.PluginSelection | None = None,
+    ):
         self.manager = manager
         self.plugins = plugins
+        self.selection = selection or plugin_loading.PluginSelection()
         self._by_kind: dict[str, list[Resolved]] = {}
-        self._presets: dict[str, tuple[str, Preset]] = {}
+        self._presets: list[tuple[str, Preset]] = []
         self.collect()
 
     @classmethod
@@ -80,52 +100,113 @@ class Registry:
         manager = plugin_loading.create_plugin_manager()
         selection = plugin_loading.PluginSelection.from_options(plugin_options)
         infos = plugin_loading.load_plugins(manager, selection)
-        return cls(manager, infos)
+        return cls(manager, infos, selection)
 
     def plugin_info(self, name: str) -> plugin_loading.PluginInfo | None:
         """The info of plugin ``name``, if known."""
         return next((p for p in self.plugins if p.name == name), None)
 
     def collect(self) -> None:
-        """(Re)call the registration hooks, plugin by plugin, and index the results."""
+        """(Re)call the registration hooks, plugin by plugin, and index the results.
+
+        A plugin whose registration hook raises or returns anything but a list of valid specs
+        of the hook's kind is marked failed (with the hook and the error), unregistered, and
+        contributes nothing; strict mode raises instead.
+        """
         self._by_kind = {kind: [] for kind in COMPONENT_KINDS}
-        for info in self.plugins:
-            info.components = []
+        self._presets = []
+        for name, plugin in list(self.manager.list_name_plugin()):
+            if plugin is None or self.manager.is_blocked(name):
+                continue
+            info = self.plugin_info(name)
+            try:
+                specs, presets = self._collect_plugin(plugin)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - isolate a plugin's broken hook
+                self.mark_failed(name, exc, collect=False)
+                continue
+            if info is not None:
+                info.components = [f"{r.spec.kind}:{r.spec.name}" for r in specs]
+            for item in specs:
+                self._by_kind[item.spec.kind].append(Resolved(name, item.spec))
+            self._presets += [(name, preset) for preset in presets]
+
+    def _collect_plugin(self, plugin: object) -> tuple[list[Resolved], list[Preset]]:
+        specs: list[Resolved] = []
         for kind, hook_name in REGISTRATION_HOOKS.items():
-            caller = getattr(self.manager.hook, hook_name)
-            for impl in caller.get_hookimpls():
-                for spec in impl.function() or []:
-                    if spec.kind != kind:
-                        raise UsageError(
-                            f"plugin {impl.plugin_name!r} returned a {spec.kind} spec "
-                            f"from {hook_name}"
-                        )
-                    self._by_kind[kind].append(Resolved(impl.plugin_name, spec))
-                    info = self.plugin_info(impl.plugin_name)
-                    if info is not None:
-                        info.components.append(f"{kind}:{spec.name}")
-        self._presets = {}
-        for impl in self.manager.hook.nanochat_register_presets.get_hookimpls():
-            for preset in impl.function() or []:
-                self._presets.setdefault(preset.name, (impl.plugin_name, preset))
+            function = getattr(plugin, hook_name, None)
+            if function is None or not plugin_loading.is_hookimpl(function):
+                continue
+            for spec in _checked_list(function(), hook_name, ComponentSpec):
+                if spec.kind != kind:
+                    raise TypeError(f"{hook_name} returned a {spec.kind} spec ({spec.name!r})")
+                specs.append(Resolved("", spec))
+        presets: list[Preset] = []
+        function = getattr(plugin, "nanochat_register_presets", None)
+        if function is not None and plugin_loading.is_hookimpl(function):
+            presets = _checked_list(function(), "nanochat_register_presets", Preset)
+        return specs, presets
+
+    def mark_failed(
+        self, name: str, exc: BaseException, where: str = "", collect: bool = True
+    ) -> None:
+        """Mark plugin ``name`` failed because of ``exc`` and drop it (strict mode: raise).
+
+        Raises:
+            PluginLoadError: strict plugin loading is on.
+        """
+        info = self.plugin_info(name)
+        if info is None:
+            info = plugin_loading.PluginInfo(name, None, None, False, "loaded")
+            self.plugins.append(info)
+        if self.manager.has_plugin(name):
+            self.manager.unregister(name=name)
+        info.components = []
+        plugin_loading.plugin_failure(info, where, exc, self.selection)
+        if collect:
+            self.collect()
+
+    def call_isolated(self, hook_name: str, **kwargs: Any) -> None:
+        """Call hook ``hook_name`` on every plugin, one at a time.
+
+        The rule for a hook implementation that raises: the plugin is named in one warning line
+        and the caller carries on (a run is not stopped by an observer); with
+        ``NANOCHAT_STRICT_PLUGINS=1`` it raises :class:`PluginLoadError` naming the plugin.
+        """
+        for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+            args = {k: v for k, v in kwargs.items() if k in impl.argnames}
+            try:
+                impl.function(**args)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - isolate a plugin's broken hook
+                message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+                if self.selection.strict:
+                    raise PluginLoadError(
+                        f"plugin {impl.plugin_name!r} failed in {hook_name}: {message}"
+                    ) from exc
+                print(
+                    f"nanochat: warning: plugin {impl.plugin_name!r} failed in {hook_name} "
+                    f"({message}); carrying on",
+                    file=sys.stderr,
+                )
 
     def register(self, plugin: object, name: str) -> None:
-        """Register a plugin object in code (tests, notebooks) and re-collect components."""
-        self.manager.register(plugin, name=name)
-        info = plugin_loading.PluginInfo(
-            name=name,
-            distribution=None,
-            version=None,
-            builtin=False,
-            status="loaded",
-            hooks=plugin_loading.hook_names(plugin),
-        )
+        """Register a plugin object in code (tests, notebooks) and re-collect components.
+
+        A plugin with a hook no spec names, or with a broken registration hook, is recorded as
+        failed like an installed one.
+        """
+        info = plugin_loading.PluginInfo(name, None, None, False, "not-loaded")
         self.plugins.append(info)
+        plugin_loading.register_checked(self.manager, plugin, info, self.selection)
         self.collect()
 
     def unregister(self, name: str) -> None:
         """Remove a plugin registered with :meth:`register` and re-collect components."""
-        self.manager.unregister(name=name)
+        if self.manager.has_plugin(name):
+            self.manager.unregister(name=name)
         self.plugins = [p for p in self.plugins if p.name != name]
         self.collect()
 
@@ -186,21 +267,80 @@ class Registry:
         return message + ")"
 
     def create(self, kind: str, name: str, options: Any = None) -> Any:
-        """Create component ``name`` of ``kind`` with ``options`` (defaults when ``None``)."""
+        """Create component ``name`` of ``kind`` with ``options`` (defaults when ``None``).
+
+        Raises:
+            ComponentLoadError: the factory cannot be imported or raised while creating.
+        """
         resolved = self.resolve(kind, name)
-        factory = resolved.spec.load_factory()
-        return factory(resolved.spec.options() if options is None else options)
+        return create_component(resolved, options)
 
     def presets(self) -> dict[str, tuple[str, Preset]]:
-        """Preset name to (plugin, preset)."""
-        return dict(self._presets)
+        """Every preset by the name that selects it: short when unique, else ``plugin/name``."""
+        counts: dict[str, int] = {}
+        for _, preset in self._presets:
+            counts[preset.name] = counts.get(preset.name, 0) + 1
+        return {
+            (preset.name if counts[preset.name] == 1 else f"{plugin}/{preset.name}"): (
+                plugin,
+                preset,
+            )
+            for plugin, preset in self._presets
+        }
 
     def preset(self, name: str) -> Preset:
-        """The preset ``name``, or a usage error listing the known ones."""
-        if name not in self._presets:
-            known = ", ".join(sorted(self._presets)) or "none"
-            raise UsageError(f"unknown preset {name!r}; known presets: {known}")
-        return self._presets[name][1]
+        """The preset ``name`` (short or ``plugin/name``), with the same precedence as components.
+
+        Raises:
+            UsageError: unknown (close matches listed) or ambiguous (providers named).
+        """
+        if "/" in name:
+            plugin, _, short = name.partition("/")
+            matches = [(p, x) for p, x in self._presets if p == plugin and x.name == short]
+        else:
+            matches = [(p, x) for p, x in self._presets if x.name == name]
+        if len(matches) == 1:
+            return matches[0][1]
+        if len(matches) > 1:
+            providers = " and ".join(f"{p}/{x.name}" for p, x in matches)
+            raise AmbiguousComponentError(
+                f"preset name {name!r} is ambiguous: it is provided by {providers}; "
+                "use the full plugin/name"
+            )
+        known = sorted(self.presets())
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"did you mean: {', '.join(close)}? " if close else ""
+        raise UsageError(
+            f"unknown preset {name!r}; {hint}known presets: {', '.join(known) or 'none'}"
+        )
+
+
+def _checked_list(value: Any, hook_name: str, item_type: type) -> list[Any]:
+    """``value`` if it is a list (or tuple) of ``item_type``; else a TypeError naming the hook."""
+    if value is None:
+        raise TypeError(f"{hook_name} returned None instead of a list")
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"{hook_name} returned {type(value).__name__} instead of a list")
+    for item in value:
+        if not isinstance(item, item_type):
+            raise TypeError(
+                f"{hook_name} returned a list holding {type(item).__name__}, "
+                f"not {item_type.__name__}"
+            )
+    return list(value)
+
+
+def create_component(resolved: Resolved, options: Any = None) -> Any:
+    """Create the component of ``resolved`` with ``options`` (its defaults when None).
+
+    Raises:
+        ComponentLoadError: the factory cannot be imported (the message names the plugin).
+    """
+    try:
+        factory = resolved.spec.load_factory()
+    except ComponentLoadError as exc:
+        raise ComponentLoadError(f"plugin {resolved.plugin!r}: {exc}") from exc
+    return factory(resolved.spec.options() if options is None else options)
 
 
 _lock = threading.Lock()

@@ -23,3 +23,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     OUTPUT_START,
     OUTPUT_END,
 )
+
+# Optional: a tokenizer that has both renders system messages between them; one that lacks them
+# merges a system message into the first user turn.
+SYSTEM_START = "<|system_start|>"
+SYSTEM_END = "<|system_end|>"

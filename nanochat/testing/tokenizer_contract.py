@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nanochat.core.special_tokens import SPECIAL_TOKENS
+from nanochat.core.special_tokens import BOS, SPECIAL_TOKENS
 
 SAMPLE_TEXTS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
@@ -38,13 +38,13 @@ def check_special_tokens(tokenizer: Any) -> None:
     special = tokenizer.special_tokens
     assert set(SPECIAL_TOKENS) <= set(special)
     assert len({special[name] for name in SPECIAL_TOKENS}) == len(SPECIAL_TOKENS)
-    text = "before <|bos|> after"
+    text = f"before {BOS} after"
     plain = tokenizer.encode(text)
-    assert special["<|bos|>"] not in plain
+    assert special[BOS] not in plain
     assert tokenizer.decode(plain) == text
     allowed = tokenizer.encode(text, allowed_special="all")
-    assert special["<|bos|>"] in allowed
-    assert tokenizer.encode(text, allowed_special={"<|bos|>"}) == allowed
+    assert special[BOS] in allowed
+    assert tokenizer.encode(text, allowed_special={BOS}) == allowed
 
 
 def check_token_bytes(tokenizer: Any) -> None:

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nanochat.core.models import OptimizerSettings
 from nanochat.plugins.gpt.factory import GPTFactory
 from nanochat.plugins.gpt.options import GPTOptions
 
@@ -37,7 +38,9 @@ def make_model_and_data():
 
 def train(factory, model, wrapped, data, rows):
     """Run STEPS optimisation steps on ``data[:, rows]``; return the losses."""
-    opts = factory.optimizers(model, matrix_lr=0.02, embedding_lr=0.1, unembedding_lr=0.01)
+    opts = factory.optimizers(
+        model, OptimizerSettings(matrix_lr=0.02, embedding_lr=0.1, unembedding_lr=0.01)
+    )
     losses = []
     for step in range(STEPS):
         batch = data[step, rows]

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from nanochat.core.models import OptimizerSettings
 from nanochat.plugins.gpt.model import GPT, GPTConfig
 from nanochat.plugins.gpt.muon import Muon
 from nanochat.plugins.gpt.options import GPTOptions
@@ -72,17 +73,7 @@ class GPTFactory:
             model.init_weights()
         return model
 
-    def optimizers(
-        self,
-        model: GPT,
-        *,
-        matrix_lr: float = 0.02,
-        embedding_lr: float = 0.2,
-        unembedding_lr: float = 0.004,
-        scalar_lr: float = 0.5,
-        weight_decay: float = 0.0,
-        world_size: int = 1,
-    ) -> list[torch.optim.Optimizer]:
+    def optimizers(self, model: GPT, settings: OptimizerSettings) -> list[torch.optim.Optimizer]:
         """Muon for the hidden matrices, AdamW for the rest, each group with ``initial_lr``.
 
         The AdamW learning rates are given at width 768 and scaled by ``sqrt(768 / n_embd)``.
@@ -92,35 +83,34 @@ class GPTFactory:
 
         Args:
             model: the (unwrapped) GPT.
-            matrix_lr: Muon learning rate.
-            embedding_lr: AdamW learning rate of the token embedding.
-            unembedding_lr: AdamW learning rate of the output head.
-            scalar_lr: AdamW learning rate of 0/1-D parameters.
-            weight_decay: decoupled weight decay.
-            world_size: number of data-parallel ranks (recorded; the plain Muon is used).
+            settings: learning rates by role (matrix = Muon; embedding, unembedding and scalar
+                = AdamW), weight decay and the number of data-parallel ranks.
 
         Returns:
             ``[adamw, muon]``.
         """
+        s = settings
         groups = model.parameter_groups()
         width_scale = (model.config.n_embd / REFERENCE_WIDTH) ** -0.5
         adam_groups = [
             dict(
-                params=groups["embedding"], lr=embedding_lr * width_scale, weight_decay=weight_decay
+                params=groups["embedding"],
+                lr=s.embedding_lr * width_scale,
+                weight_decay=s.weight_decay,
             ),
             dict(
                 params=groups["unembedding"],
-                lr=unembedding_lr * width_scale,
-                weight_decay=weight_decay,
+                lr=s.unembedding_lr * width_scale,
+                weight_decay=s.weight_decay,
             ),
-            dict(params=groups["scalar"], lr=scalar_lr * width_scale, weight_decay=0.0),
+            dict(params=groups["scalar"], lr=s.scalar_lr * width_scale, weight_decay=0.0),
         ]
         adam_groups = [g for g in adam_groups if g["params"]]
         fused = all(p.is_cuda for g in adam_groups for p in g["params"])
         adamw = torch.optim.AdamW(adam_groups, betas=ADAMW_BETAS, eps=ADAMW_EPS, fused=fused)
-        muon = Muon(groups["matrix"], lr=matrix_lr, momentum=0.95, weight_decay=weight_decay)
+        muon = Muon(groups["matrix"], lr=s.matrix_lr, momentum=0.95, weight_decay=s.weight_decay)
         for opt in (adamw, muon):
-            opt.defaults["world_size"] = world_size
+            opt.defaults["world_size"] = s.world_size
             for group in opt.param_groups:
                 group["initial_lr"] = group["lr"]
         return [adamw, muon]

@@ -1,105 +1,103 @@
-"""A preallocated key/value cache for autoregressive generation with the GPT.
+"""The GPT's generation cache: keys and values of every layer for a batch of rows (slots).
 
-The cache holds one tensor of shape ``(n_layer, 2, batch, n_kv_head, max_len, head_dim)``;
-each attention layer writes its new keys and values at the current position and reads back a
-view of everything written so far. The position advances once the last layer has written, so
-a forward pass over ``T`` new tokens moves the cache ``T`` positions on.
+Keys and values live in two tensors of shape ``(n_layer, batch, n_kv_head, max_len, head_dim)``,
+allocated on the first write (device and dtype of the first keys). Each row has its own position
+(``positions[b]`` tokens held), so rows hold prompts of different lengths and a row can be reset
+for a new sequence while the others go on. Stale entries past a row's position are never read:
+attention masks every key at or beyond the querying token's position.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 
 class KVCache:
-    """Keys and values of every layer for a batch of sequences, preallocated up to ``max_len``.
+    """Preallocated keys/values for ``batch_size`` rows of up to ``max_len`` tokens each.
 
     Args:
-        batch_size: number of sequences generated together.
+        batch_size: number of rows (slots).
         n_kv_head: key/value heads per layer.
-        max_len: the most positions the cache can hold.
+        max_len: the most tokens one row can hold.
         head_dim: width of one head.
         n_layer: number of transformer blocks.
-        device: where to allocate; ``None`` allocates lazily on the first write (same device
-            and dtype as the first keys written).
-        dtype: element type; ``None`` follows the first keys written.
     """
 
     def __init__(
-        self,
-        batch_size: int,
-        n_kv_head: int,
-        max_len: int,
-        head_dim: int,
-        n_layer: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, n_layer: int
     ) -> None:
-        self.shape = (n_layer, 2, batch_size, n_kv_head, max_len, head_dim)
+        if batch_size < 1 or max_len < 1:
+            raise ValueError(
+                f"a cache needs batch_size >= 1 and max_len >= 1, not {batch_size}, {max_len}"
+            )
+        self.shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.n_layer = n_layer
-        self.max_len = max_len
-        self.pos = 0
-        self.cache: torch.Tensor | None = None
-        if device is not None:
-            self.cache = torch.empty(self.shape, device=device, dtype=dtype or torch.float32)
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self._positions = torch.zeros(batch_size, dtype=torch.long)
 
     @property
     def batch_size(self) -> int:
-        """Number of sequences in the cache."""
-        return self.shape[2]
+        """Number of rows."""
+        return self.shape[1]
 
-    def reset(self) -> None:
-        """Forget everything written (the memory stays allocated)."""
-        self.pos = 0
+    @property
+    def max_len(self) -> int:
+        """The most tokens one row can hold."""
+        return self.shape[3]
 
-    def get_pos(self) -> int:
-        """Number of positions already written (the position of the next token)."""
-        return self.pos
+    @property
+    def positions(self) -> torch.Tensor:
+        """Tokens held per row, ``(batch_size,)`` long."""
+        return self._positions
+
+    def reset(self, rows: Sequence[int] | None = None) -> None:
+        """Empty ``rows`` (every row when None); their old keys are never read again."""
+        if rows is None:
+            self._positions.zero_()
+        else:
+            self._positions[list(rows)] = 0
+
+    def prepare(self, new_tokens: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        """Before a forward pass of ``new_tokens`` per row: the positions of the new tokens
+        ``(batch, new_tokens)`` and how many key slots the pass must read.
+
+        Raises:
+            ValueError: a row would exceed ``max_len``.
+        """
+        if self._positions.device != device:
+            self._positions = self._positions.to(device)
+        positions = self._positions[:, None] + torch.arange(new_tokens, device=device)[None, :]
+        needed = int(positions[:, -1].max().item()) + 1
+        if needed > self.max_len:
+            raise ValueError(f"KV cache full: {needed} positions needed, {self.max_len} allocated")
+        return positions, needed
 
     def insert_kv(
-        self, layer_idx: int, k: torch.Tensor, v: torch.Tensor
+        self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, length: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the keys and values of ``T`` new positions of one layer.
+        """Write one layer's new keys/values at each row's positions; return the first
+        ``length`` slots of every row.
 
         Args:
             layer_idx: the block writing.
-            k: new keys, shape ``(batch, n_kv_head, T, head_dim)``.
+            k: new keys, ``(batch, n_kv_head, T, head_dim)``.
             v: new values, same shape.
-
-        Returns:
-            Views of all keys and values of this layer so far,
-            ``(batch, n_kv_head, pos + T, head_dim)``.
-
-        Raises:
-            ValueError: if the cache would overflow ``max_len``.
+            positions: ``(batch, T)`` positions of the new tokens (from :meth:`prepare`).
+            length: how many slots to return.
         """
-        if self.cache is None:
-            self.cache = torch.empty(self.shape, device=k.device, dtype=k.dtype)
-        t0, t1 = self.pos, self.pos + k.size(2)
-        if t1 > self.max_len:
-            raise ValueError(f"KV cache full: {t1} positions needed, {self.max_len} allocated")
-        self.cache[layer_idx, 0, :, :, t0:t1] = k
-        self.cache[layer_idx, 1, :, :, t0:t1] = v
-        keys = self.cache[layer_idx, 0, :, :, :t1]
-        values = self.cache[layer_idx, 1, :, :, :t1]
-        if layer_idx == self.n_layer - 1:
-            self.pos = t1
-        return keys, values
+        if self.keys is None or self.values is None:
+            self.keys = torch.empty(self.shape, device=k.device, dtype=k.dtype)
+            self.values = torch.empty(self.shape, device=k.device, dtype=k.dtype)
+        b, h, t, d = k.shape
+        index = positions[:, None, :, None].expand(b, h, t, d)
+        layer_k, layer_v = self.keys[layer_idx], self.values[layer_idx]
+        layer_k.scatter_(2, index, k.to(layer_k.dtype))
+        layer_v.scatter_(2, index, v.to(layer_v.dtype))
+        return layer_k[:, :, :length], layer_v[:, :, :length]
 
-    def prefill(self, other: KVCache) -> None:
-        """Copy another cache's contents in, broadcasting a batch of one to this batch.
-
-        Used to prefill a prompt once and then sample several continuations of it.
-
-        Args:
-            other: a cache with the same layers, heads and head width, batch 1 or equal.
-        """
-        if other.cache is None:
-            raise ValueError("the source KV cache is empty")
-        if other.pos > self.max_len:
-            raise ValueError(f"source holds {other.pos} positions, only {self.max_len} fit")
-        if self.cache is None:
-            self.cache = torch.empty(self.shape, device=other.cache.device, dtype=other.cache.dtype)
-        n = other.pos
-        self.cache[:, :, :, :, :n] = other.cache[:, :, :, :, :n]
-        self.pos = n
+    def advance(self, new_tokens: int) -> None:
+        """Move every row on by ``new_tokens`` (after the last layer wrote)."""
+        self._positions += new_tokens

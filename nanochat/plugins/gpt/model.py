@@ -16,7 +16,6 @@ Reading order: config, helpers (RMSNorm, rotary), attention, MLP, block, model.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,6 +78,16 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+@dataclass
+class CachedPass:
+    """What every attention layer needs during one :meth:`GPT.forward_cached` call."""
+
+    cache: KVCache
+    positions: torch.Tensor  # (B, T) position of each new token
+    length: int  # key slots to read per row
+    mask: torch.Tensor  # (B, 1, T, length): key j visible to the token at position p if j <= p
+
+
 def rotary_tables(
     seq_len: int, head_dim: int, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,9 +129,9 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
-        kv_cache: KVCache | None,
+        cached: CachedPass | None = None,
     ) -> torch.Tensor:
-        """Attend over the sequence (and whatever ``kv_cache`` already holds)."""
+        """Causal attention over ``x``; with ``cached``, also over what each cache row holds."""
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -130,26 +139,20 @@ class CausalSelfAttention(nn.Module):
         cos, sin = cos_sin
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        if kv_cache is not None:
-            k, v = kv_cache.insert_kv(self.layer_idx, k, v)
-        Tq, Tk = q.size(2), k.size(2)
         groups = self.n_head // self.n_kv_head
         gqa: dict[str, bool] = {}
+        if cached is not None:
+            k, v = cached.cache.insert_kv(self.layer_idx, k, v, cached.positions, cached.length)
+            k, v = k.to(q.dtype), v.to(q.dtype)
         if groups > 1:
             if _SDPA_GQA:
                 gqa["enable_gqa"] = True
             else:
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        if Tq == Tk:  # training, or a prefill into an empty cache
+        if cached is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
-        elif Tq == 1:  # one new token sees everything cached
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=False, **gqa)
-        else:  # a chunk after a cached prefix: all of the prefix, causal within the chunk
-            prefix = Tk - Tq
-            row = torch.arange(Tq, device=q.device)[:, None]
-            col = torch.arange(Tk, device=q.device)[None, :]
-            mask = col <= prefix + row
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cached.mask, **gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.c_proj(y)
 
@@ -179,10 +182,10 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
-        kv_cache: KVCache | None,
+        cached: CachedPass | None = None,
     ) -> torch.Tensor:
         """Apply the block."""
-        x = x + self.attn(norm(x), cos_sin, kv_cache)
+        x = x + self.attn(norm(x), cos_sin, cached)
         return x + self.mlp(norm(x))
 
 
@@ -225,38 +228,41 @@ class GPT(nn.Module):
         self.cos.copy_(cos)
         self.sin.copy_(sin)
 
+    @property
+    def sequence_len(self) -> int:
+        """The training context length."""
+        return self.config.sequence_len
+
+    @property
+    def max_context(self) -> int:
+        """The longest sequence generation can reach (the rotary tables' length)."""
+        return self.rotary_len
+
     def forward(
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
         loss_reduction: str = "mean",
     ) -> torch.Tensor:
-        """Run the model.
+        """Run the model over whole sequences (training, scoring).
 
         Args:
             idx: token ids, shape ``(B, T)``.
             targets: next-token ids ``(B, T)``; ``-1`` marks positions without a loss.
-            kv_cache: a cache to read the earlier positions from and write these to.
             loss_reduction: ``"mean"``, ``"sum"`` or ``"none"`` (then shape ``(B*T,)``).
 
         Returns:
             Logits ``(B, T, vocab_size)`` in fp32 when ``targets`` is None, else the
             cross-entropy loss.
         """
-        B, T = idx.shape
-        t0 = kv_cache.get_pos() if kv_cache is not None else 0
-        if t0 + T > self.rotary_len:
-            raise ValueError(f"sequence of {t0 + T} tokens exceeds rotary length {self.rotary_len}")
-        cos_sin = self.cos[:, t0 : t0 + T], self.sin[:, t0 : t0 + T]
+        T = idx.size(1)
+        if self.rotary_len < T:
+            raise ValueError(f"sequence of {T} tokens exceeds rotary length {self.rotary_len}")
+        cos_sin = self.cos[:, :T], self.sin[:, :T]
         x = norm(self.wte(idx))
         for block in self.blocks:
-            x = block(x, cos_sin, kv_cache)
-        x = norm(x)
-        logits = self.lm_head(x)[..., : self.config.vocab_size].float()
-        if self.config.softcap > 0:
-            cap = self.config.softcap
-            logits = cap * torch.tanh(logits / cap)
+            x = block(x, cos_sin)
+        logits = self._logits(x)
         if targets is None:
             return logits
         return F.cross_entropy(
@@ -265,6 +271,37 @@ class GPT(nn.Module):
             ignore_index=-1,
             reduction=loss_reduction,
         )
+
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run ``T`` new tokens per row of ``cache``; every row at its own position.
+
+        Args:
+            idx: new token ids ``(cache.batch_size, T)``.
+            cache: from :meth:`new_cache`; each row's position moves on by ``T``.
+
+        Returns:
+            fp32 logits ``(B, T, vocab_size)``.
+        """
+        T = idx.size(1)
+        positions, length = cache.prepare(T, idx.device)
+        if length > self.rotary_len:
+            raise ValueError(f"sequence of {length} tokens exceeds rotary length {self.rotary_len}")
+        cos_sin = self.cos[0][positions], self.sin[0][positions]  # (B, T, 1, D/2)
+        keys = torch.arange(length, device=idx.device)
+        mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, length)
+        cached = CachedPass(cache, positions, length, mask)
+        x = norm(self.wte(idx))
+        for block in self.blocks:
+            x = block(x, cos_sin, cached)
+        cache.advance(T)
+        return self._logits(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(norm(x))[..., : self.config.vocab_size].float()
+        if self.config.softcap > 0:
+            cap = self.config.softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The parameters by optimizer role.
@@ -302,41 +339,10 @@ class GPT(nn.Module):
         n_matmul = self.num_params() - self.wte.weight.numel()
         return 6 * n_matmul + 12 * c.n_layer * c.n_head * c.head_dim * c.sequence_len
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty KV cache for this model (``max_len`` defaults to the rotary length)."""
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty generation cache of ``batch_size`` rows (``max_len`` <= ``max_context``)."""
         c = self.config
-        return KVCache(batch_size, c.n_kv_head, max_len or self.rotary_len, c.head_dim, c.n_layer)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        tokens: list[int],
-        max_tokens: int,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        seed: int = 42,
-    ) -> Iterator[int]:
-        """Yield up to ``max_tokens`` token ids continuing ``tokens`` (one sequence, KV cache).
-
-        Args:
-            tokens: the prompt's ids.
-            max_tokens: how many ids to generate.
-            temperature: 0 for greedy decoding, else the sampling temperature.
-            top_k: sample only among the ``top_k`` most likely ids.
-            seed: seed of the sampling generator.
-        """
-        device = self.wte.weight.device
-        rng = torch.Generator(device=device).manual_seed(seed)
-        cache = self.new_kv_cache(1, len(tokens) + max_tokens)
-        ids = torch.tensor([tokens], dtype=torch.long, device=device)
-        for _ in range(max_tokens):
-            logits = self.forward(ids, kv_cache=cache)[:, -1, :]
-            if temperature > 0:
-                if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits = logits.masked_fill(logits < v[:, [-1]], -float("inf"))
-                probs = F.softmax(logits / temperature, dim=-1)
-                ids = torch.multinomial(probs, 1, generator=rng)
-            else:
-                ids = logits.argmax(dim=-1, keepdim=True)
-            yield int(ids.item())
+        max_len = max_len or self.rotary_len
+        if max_len > self.rotary_len:
+            raise ValueError(f"max_len={max_len} exceeds the model's context {self.rotary_len}")
+        return KVCache(batch_size, c.n_kv_head, max_len, c.head_dim, c.n_layer)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 
+from nanochat.core.special_tokens import BOS
 from nanochat.plugins.tokenizers.options import DEFAULT_SPLIT_PATTERN, TokenizerOptions
 from nanochat.plugins.tokenizers.rustbpe_adapter import (
     TokenizerFileError,
@@ -68,7 +69,7 @@ class HFBPETokenizer:
     @property
     def bos_id(self) -> int:
         """The id of ``<|bos|>``."""
-        return self._special["<|bos|>"]
+        return self._special[BOS]
 
     def _allowed(self, allowed_special: str | set[str] | None) -> set[str]:
         if allowed_special == "all":

@@ -9,6 +9,7 @@ from pathlib import Path
 import nanochat_rustbpe
 
 from nanochat.core.errors import NanochatError
+from nanochat.core.special_tokens import BOS
 from nanochat.plugins.tokenizers.options import TokenizerOptions
 
 TOKENIZER_FILE = "tokenizer.rbpe"
@@ -75,7 +76,7 @@ class RustBPETokenizer:
     @property
     def bos_id(self) -> int:
         """The id of ``<|bos|>``."""
-        return self.special_id("<|bos|>")
+        return self.special_id(BOS)
 
     def encode(self, text: str, allowed_special: str | set[str] | None = None) -> list[int]:
         """Encode one text; special tokens become ids only when allowed."""

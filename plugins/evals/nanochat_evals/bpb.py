@@ -24,7 +24,7 @@ class BitsPerByte:
         o, rt = self.options, ctx.runtime
         tokenizer = ctx.load_tokenizer()
         model = model.to(rt.device).eval()
-        seq_len = int(model.config.sequence_len)
+        seq_len = int(model.sequence_len)
         dataset = open_dataset(o.dataset, ctx.registry, kind="text")
         batches = text_eval_batches(
             dataset,

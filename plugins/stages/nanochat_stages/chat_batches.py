@@ -16,6 +16,7 @@ import torch
 
 from nanochat.core.conversation import Rendered, render_conversation, training_pair
 from nanochat.core.data import DataError
+from nanochat.core.special_tokens import ASSISTANT_END, BOS
 from nanochat_stages.packing import BestFitPacker
 
 
@@ -119,7 +120,7 @@ class PackedChatBatches:
     ):
         self.stream = stream
         self.rows = rows
-        pad = int(stream.tokenizer.special_tokens["<|bos|>"]) * 2
+        pad = int(stream.tokenizer.special_tokens[BOS]) * 2
         self.packer = BestFitPacker(row_len, self._next_doc, buffer, pad=pad)
         if state:
             self.packer.load_state(state["packer"])
@@ -172,7 +173,7 @@ class PaddedChatBatches:
     def __init__(self, stream: ConversationStream, rows: int):
         self.stream = stream
         self.rows = rows
-        self.pad_id = int(stream.tokenizer.special_tokens["<|assistant_end|>"])
+        self.pad_id = int(stream.tokenizer.special_tokens[ASSISTANT_END])
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, targets)`` of ``rows`` conversations."""

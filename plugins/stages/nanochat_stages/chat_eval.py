@@ -12,6 +12,8 @@ from nanochat.core.conversation import (
     render_for_completion,
 )
 from nanochat.core.data import Conversation
+from nanochat.core.generation import generate_tokens
+from nanochat.core.special_tokens import ASSISTANT_END
 from nanochat_stages.chat_batches import pad_rows
 
 
@@ -39,7 +41,7 @@ def chat_eval_batches(
     conversations: list[Conversation], tokenizer: Any, seq_len: int, batch_size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Padded ``(inputs, targets)`` batches of held-out conversations (cut to the context)."""
-    pad_id = int(tokenizer.special_tokens["<|assistant_end|>"])
+    pad_id = int(tokenizer.special_tokens[ASSISTANT_END])
     rendered = [render_conversation(tokenizer, c, max_tokens=seq_len + 1) for c in conversations]
     rendered = [r for r in rendered if any(r.mask[1:])]
     return [
@@ -74,11 +76,11 @@ def generate_reply(
         ``(ids, ended)``: the generated ids and whether the turn ended with
         ``<|assistant_end|>`` within ``max_tokens``.
     """
-    end = int(tokenizer.special_tokens["<|assistant_end|>"])
+    end = int(tokenizer.special_tokens[ASSISTANT_END])
     out: list[int] = []
     context = runtime.autocast() if runtime is not None else torch.autocast("cpu", enabled=False)
     with context:
-        for token in model.generate(prompt, max_tokens):
+        for token in generate_tokens(model, prompt, max_tokens):
             out.append(token)
             if token == end:
                 return out, True

@@ -22,6 +22,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.tokenizer_stage:TokenizerStage",
             summary="train the run's tokenizer on a text dataset and measure bytes/token",
             options=TokenizerStageOptions,
+            produces=("tokenizer",),
         ),
         ComponentSpec(
             kind="stage",
@@ -29,6 +30,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.pretrain_stage:PretrainStage",
             summary="pretrain the base model on a text dataset (resumable, DDP under torchrun)",
             options=PretrainOptions,
+            produces=("model",),
         ),
         ComponentSpec(
             kind="stage",
@@ -36,6 +38,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.chat_stages:MidtrainStage",
             summary="teach the base model the chat format on a packed conversation mixture",
             options=MidtrainOptions,
+            produces=("model",),
         ),
         ComponentSpec(
             kind="stage",
@@ -43,6 +46,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.chat_stages:SftStage",
             summary="fine-tune the chat model on padded conversations (loss on assistant turns)",
             options=SftOptions,
+            produces=("model",),
         ),
     ]
 

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
 from nanochat.core.data_refs import open_dataset
+from nanochat.core.errors import UsageError
 from nanochat.core.evaluation import evaluate_bpb, text_eval_batches
+from nanochat.core.generation import generate_tokens
+from nanochat.core.special_tokens import BOS
 from nanochat_stages.options import PretrainOptions
 from nanochat_stages.packing import BestFitPacker
-from nanochat_stages.pretrain_stage import SAMPLE_PROMPTS, plan_steps
 from nanochat_stages.token_stream import TokenStream
+
+SAMPLE_PROMPTS = ("The", "Our nation", "In the year")
+
+
+def plan_steps(options: Any, num_params: int, total_batch: int) -> int:
+    """Number of optimizer steps: ``max_steps``, else tokens = ``data_param_ratio`` x params."""
+    if options.max_steps > 0:
+        return int(options.max_steps)
+    if options.data_param_ratio <= 0:
+        raise UsageError("set pretrain.max_steps or a positive pretrain.data_param_ratio")
+    return max(1, math.ceil(options.data_param_ratio * num_params / total_batch))
 
 
 class TextBatches:
@@ -96,10 +110,10 @@ class TextRecipe:
     def samples(self, loop: Any) -> list[str]:
         """Greedy continuations of a few fixed prompts."""
         out = []
-        bos = loop.tokenizer.special_tokens["<|bos|>"]
+        bos = loop.tokenizer.special_tokens[BOS]
         for prompt in SAMPLE_PROMPTS:
             ids = [bos, *loop.tokenizer.encode(prompt)]
             with loop.rt.autocast():
-                new = list(loop.model.generate(ids, self.o.sample_tokens))
+                new = list(generate_tokens(loop.model, ids, self.o.sample_tokens))
             out.append(prompt + loop.tokenizer.decode(new))
         return out

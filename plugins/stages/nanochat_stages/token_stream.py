@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from nanochat.core.data import DataError
+from nanochat.core.special_tokens import BOS
 
 _END = object()
 
@@ -57,7 +58,7 @@ class TokenStream:
         self.loop = loop
         self.batch_size = encode_batch_size
         self.doc_cap = doc_cap
-        self.bos = tokenizer.special_tokens["<|bos|>"]
+        self.bos = tokenizer.special_tokens[BOS]
         self.epoch = 0 if state is None else int(state["epoch"])
         self.cursor = None if state is None else state["cursor"]
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=8)

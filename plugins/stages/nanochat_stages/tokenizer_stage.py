@@ -76,10 +76,10 @@ class TokenizerStage:
             tokenizer = factory.train(texts, opts.vocab_size, list(SPECIAL_TOKENS), progress)
             train_seconds = time.perf_counter() - started
             bar.close()
-            tokenizer.save(ctx.tokenizer_dir)
+            ctx.save_tokenizer(tokenizer)
             bpt, n_bytes, n_tokens = bytes_per_token(tokenizer, self._held_out(dataset))
             result = {
-                "implementation": ctx.plan.tokenizer.qualified_name,
+                "implementation": (ctx.tokenizer_record() or {}).get("qualified_name"),
                 "vocab_size": tokenizer.vocab_size,
                 "train_seconds": round(train_seconds, 3),
                 "bytes_per_token": round(bpt, 4),

@@ -10,6 +10,8 @@ data position and the RNG, and exact resume from the stage's own newest checkpoi
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from typing import Any, Protocol
 
@@ -18,9 +20,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from nanochat.core.checkpoint import Checkpoint, CheckpointManager, rng_state, set_rng_state
+from nanochat.core.components import RunContext
 from nanochat.core.errors import StageError, UsageError
+from nanochat.core.hardware import device_peak_flops, raise_cpu_peak
+from nanochat.core.hardware import mfu as model_flops_utilisation
+from nanochat.core.models import Model, OptimizerSettings
 from nanochat.core.runtime import seed_everything
-from nanochat_stages.pretrain_stage import check_loss, no_sync_unless
 from nanochat_stages.schedule import lr_multiplier
 
 
@@ -67,17 +72,33 @@ class Recipe(Protocol):
         ...
 
 
-def peak_flops_per_second(runtime: Any) -> tuple[float, str]:
-    """The accelerator's peak (table) or, on CPU, this machine's measured matmul throughput."""
-    from nanochat.plugins.gpt.flops import measure_cpu_matmul_flops, peak_flops
+def check_loss(
+    loss: float, step: int, limit: float, last_checkpoint: int | None, stage: str = "pretrain"
+) -> None:
+    """Stop with a clear message when the loss is NaN, infinite or above ``limit``."""
+    if math.isfinite(loss) and loss <= limit:
+        return
+    kept = (
+        f"the last good checkpoint (step {last_checkpoint}) is kept"
+        if last_checkpoint is not None
+        else "no checkpoint was written yet"
+    )
+    raise StageError(
+        f"training diverged at step {step}: loss {loss}; {kept}. "
+        f"Lower the learning rates (-o {stage}.matrix_lr=...) and run again"
+    )
 
-    if runtime.device_type == "cuda":
-        name = torch.cuda.get_device_name(runtime.device)
-        peak = peak_flops(name)
-        if peak:
-            return peak, f"{name} bf16 table"
-    best = max(measure_cpu_matmul_flops(seconds=0.25) for _ in range(3))
-    return best, "measured CPU fp32 matmul"
+
+def no_sync_unless(model: Any, sync: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync`` for micro-steps that should not all-reduce yet."""
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def raise_cpu_peak_if_exceeded(peak: float, achieved_flops: float) -> float:
+    """On CPU: the peak, raised to what one process just achieved if that was more."""
+    return raise_cpu_peak(achieved_flops) if achieved_flops > peak else peak
 
 
 def gather_objects(runtime: Any, obj: Any) -> list[Any]:
@@ -105,7 +126,7 @@ class TrainingLoop:
         recipe: the stage-specific parts (see :class:`Recipe`).
     """
 
-    def __init__(self, ctx: Any, options: Any, recipe: Recipe):
+    def __init__(self, ctx: RunContext, options: Any, recipe: Recipe):
         self.ctx = ctx
         self.o = options
         self.recipe = recipe
@@ -135,25 +156,30 @@ class TrainingLoop:
         o, rt, ctx = self.o, self.rt, self.ctx
         seed_everything(o.seed)  # same initial weights on every rank
         self.tokenizer = ctx.load_tokenizer()
-        factory = ctx.model_factory()
         start, resuming = self._starting_point()
         self.latest = start if resuming else None
         self.init_source = None if start is None or resuming else start
-        self.config = (
-            start.meta["model_config"] if start else factory.config(self.tokenizer.vocab_size)
-        )
-        model = factory.build(self.config).to(rt.device)
+        factory = ctx.model_factory(start)
         if start is not None:
-            model.load_state_dict(start.model_state())
-        self.model = model
+            model = ctx.load_model(start)
+            self.config = start.meta["model_config"]
+            self.model_record = {k: start.meta.get(k) for k in ("model", "tokenizer")}
+        else:
+            self.config = factory.config(self.tokenizer.vocab_size)
+            model = factory.build(self.config)
+            self.model_record = ctx.model_record()
+        model = model.to(rt.device)
+        self.model: Model = model
         self.optimizers = factory.optimizers(
             model,
-            matrix_lr=o.matrix_lr,
-            embedding_lr=o.embedding_lr,
-            unembedding_lr=o.unembedding_lr,
-            scalar_lr=o.scalar_lr,
-            weight_decay=o.weight_decay,
-            world_size=rt.world_size,
+            OptimizerSettings(
+                matrix_lr=o.matrix_lr,
+                embedding_lr=o.embedding_lr,
+                unembedding_lr=o.unembedding_lr,
+                scalar_lr=o.scalar_lr,
+                weight_decay=o.weight_decay,
+                world_size=rt.world_size,
+            ),
         )
         if self.latest is not None:
             states = self.latest.optimizer_state()["optimizers"]
@@ -169,7 +195,7 @@ class TrainingLoop:
             )
 
     def _data(self) -> None:
-        self.seq_len = int(self.config["sequence_len"])
+        self.seq_len = int(self.model.sequence_len)
         loop_state = self.latest.loop_state() if self.latest is not None else None
         data_state = loop_state["data"][self.rt.rank] if loop_state else None
         self.source = self.recipe.open_source(self, data_state)
@@ -186,6 +212,7 @@ class TrainingLoop:
                 self.model.state_dict(),
                 meta={
                     "model_config": self.config,
+                    **self.model_record,
                     "stage": self.ctx.stage_name,
                     "tokens_seen": tokens_seen,
                     **metrics,
@@ -251,7 +278,7 @@ class TrainingLoop:
         accum, total_batch, total_steps = self._plan()
         num_params = sum(p.numel() for p in self.model.parameters())
         flops_per_token = self.model.flops_per_token()
-        peak, peak_source = peak_flops_per_second(rt)
+        peak, peak_source = device_peak_flops(rt)
         state = self.loop_state or {}
         start = int(state["step"]) + 1 if state else 0
         tokens_seen = int(state.get("tokens_seen", 0))
@@ -305,7 +332,9 @@ class TrainingLoop:
             dt = time.perf_counter() - t0
             tokens_seen += tokens
             tok_per_s = tokens / dt
-            mfu = flops_per_token * tok_per_s / (peak * rt.world_size) if peak else 0.0
+            if rt.device_type == "cpu":
+                peak = raise_cpu_peak_if_exceeded(peak, flops_per_token * tok_per_s / rt.world_size)
+            mfu = model_flops_utilisation(flops_per_token, tok_per_s, peak, rt.world_size)
             bar.set_postfix(
                 loss=f"{loss_value:.3f}", tok_s=f"{tok_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%"
             )
@@ -327,9 +356,6 @@ class TrainingLoop:
                 evaluated = self._evaluate()
                 metrics.update(evaluated)
                 record.update(evaluated)
-                if peak_source.startswith("measured"):
-                    # a shared CPU's speed moves; the best measurement is the honest peak
-                    peak = max(peak, peak_flops_per_second(rt)[0])
             ctx.log(**record)
             if o.sample_every > 0 and (step + 1) % o.sample_every == 0 and rt.is_main:
                 for text in self._samples():

@@ -43,7 +43,7 @@ def plugin_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("plugin-sites")
     return {
         name: install_package(TEST_PLUGINS / f"nanochat-{name}", base / name)
-        for name in ("hello", "broken")
+        for name in ("hello", "broken", "gru", "bad")
     }
 
 

@@ -121,10 +121,8 @@ class Registry:
             info = self.plugin_info(name)
             try:
                 specs, presets = self._collect_plugin(plugin)
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # noqa: BLE001 - isolate a plugin's broken hook
-                self.mark_failed(name, exc, collect=False)
+            except _HookFailure as failure:
+                self.mark_failed(name, failure.error, failure.hook, collect=False)
                 continue
             if info is not None:
                 info.components = [f"{r.spec.kind}:{r.spec.name}" for r in specs]
@@ -135,17 +133,12 @@ class Registry:
     def _collect_plugin(self, plugin: object) -> tuple[list[Resolved], list[Preset]]:
         specs: list[Resolved] = []
         for kind, hook_name in REGISTRATION_HOOKS.items():
-            function = getattr(plugin, hook_name, None)
-            if function is None or not plugin_loading.is_hookimpl(function):
-                continue
-            for spec in _checked_list(function(), hook_name, ComponentSpec):
+            for spec in _call_registration(plugin, hook_name, ComponentSpec):
                 if spec.kind != kind:
-                    raise TypeError(f"{hook_name} returned a {spec.kind} spec ({spec.name!r})")
+                    error = TypeError(f"returned a {spec.kind} spec ({spec.name!r})")
+                    raise _HookFailure(hook_name, error)
                 specs.append(Resolved("", spec))
-        presets: list[Preset] = []
-        function = getattr(plugin, "nanochat_register_presets", None)
-        if function is not None and plugin_loading.is_hookimpl(function):
-            presets = _checked_list(function(), "nanochat_register_presets", Preset)
+        presets = _call_registration(plugin, "nanochat_register_presets", Preset)
         return specs, presets
 
     def mark_failed(
@@ -315,18 +308,42 @@ class Registry:
         )
 
 
-def _checked_list(value: Any, hook_name: str, item_type: type) -> list[Any]:
-    """``value`` if it is a list (or tuple) of ``item_type``; else a TypeError naming the hook."""
+class _HookFailure(Exception):
+    """A plugin's hook raised or returned something invalid."""
+
+    def __init__(self, hook: str, error: BaseException):
+        super().__init__(hook)
+        self.hook = hook
+        self.error = error
+
+
+def _call_registration(plugin: object, hook_name: str, item_type: type) -> list[Any]:
+    """Call ``plugin``'s registration hook (if it has one); its result checked as a list of
+    ``item_type``.
+
+    Raises:
+        _HookFailure: the hook raised (anything but KeyboardInterrupt) or returned garbage.
+    """
+    function = getattr(plugin, hook_name, None)
+    if function is None or not plugin_loading.is_hookimpl(function):
+        return []
+    try:
+        value = function()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - isolate a plugin's broken hook
+        raise _HookFailure(hook_name, exc) from exc
     if value is None:
-        raise TypeError(f"{hook_name} returned None instead of a list")
+        raise _HookFailure(hook_name, TypeError("returned None instead of a list"))
     if not isinstance(value, list | tuple):
-        raise TypeError(f"{hook_name} returned {type(value).__name__} instead of a list")
+        error = TypeError(f"returned {type(value).__name__} instead of a list")
+        raise _HookFailure(hook_name, error)
     for item in value:
         if not isinstance(item, item_type):
-            raise TypeError(
-                f"{hook_name} returned a list holding {type(item).__name__}, "
-                f"not {item_type.__name__}"
+            error = TypeError(
+                f"returned a list holding {type(item).__name__}, not {item_type.__name__}"
             )
+            raise _HookFailure(hook_name, error)
     return list(value)
 
 

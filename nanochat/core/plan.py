@@ -246,10 +246,11 @@ def plan_run(
     triples += [cfg.parse_override(text) for text in inherited] + parsed_new
     # Options of stages that are not in this run are still checked, then left unused, so one
     # command line can be reused for parts of a pipeline.
+    in_run = {(e.kind, e.resolved.qualified_name) for e in entries}
     for kind in ("stage", "eval"):
         for item in registry.components(kind):
             scope = stage_scope(registry, kind, item)
-            if scope not in scoped and any(t[0] == scope for t in triples):
+            if (kind, item.qualified_name) not in in_run and any(t[0] == scope for t in triples):
                 add_scope(scope, item.spec.options())
     for scope, values in cfg.group_overrides(triples, scoped).items():
         slots = scoped[scope]

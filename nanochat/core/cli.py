@@ -114,6 +114,7 @@ def list_command(kind: str, as_json: bool) -> None:
     """List the components of KIND (models, tokenizers, datasets, stages, evals, servers,
     tools, loggers) or the presets."""
     reg = registry_module.get_registry()
+    rows: list[dict[str, Any]]
     if kind in ("preset", "presets"):
         rows = [
             {

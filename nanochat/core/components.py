@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 if TYPE_CHECKING:
     from nanochat.core.checkpoint import CheckpointManager
@@ -103,7 +103,7 @@ class ComponentSpec:
             ) from None
         if not callable(obj):
             raise ComponentLoadError(f"{self.kind} {self.name!r}: {self.factory!r} is not callable")
-        return obj
+        return cast(Callable[..., Any], obj)
 
 
 @dataclass(frozen=True)

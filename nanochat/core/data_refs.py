@@ -85,7 +85,7 @@ def _create(term: DatasetTerm, registry: Any, options: Any = None) -> Dataset:
         options = resolved.spec.options()
     if term.path is not None:
         options = _with_path(options, term.name, term.path)
-    dataset = resolved.spec.load_factory()(options)
+    dataset: Dataset = resolved.spec.load_factory()(options)
     if getattr(dataset, "kind", None) not in DATA_KINDS:
         raise DataError(f"dataset {term.name!r} did not say which kind of data it yields")
     return dataset

@@ -7,11 +7,16 @@ Special tokens (0 bytes) and ignored targets (``-1``) count neither loss nor byt
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 
 import torch
 
+from nanochat.core.components import Tokenizer
+from nanochat.core.data import Dataset
+from nanochat.core.models import Model
+from nanochat.core.runtime import Runtime
 from nanochat.core.special_tokens import BOS
 
 
@@ -35,10 +40,10 @@ def bpb_sums(
 
 @torch.no_grad()
 def evaluate_bpb(
-    model: torch.nn.Module,
+    model: Model,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     token_bytes: torch.Tensor,
-    runtime: object | None = None,
+    runtime: Runtime | None = None,
 ) -> float:
     """Bits per byte of ``model`` on ``batches`` of ``(inputs, targets)``, summed over ranks.
 
@@ -47,20 +52,15 @@ def evaluate_bpb(
     """
     total_loss = torch.zeros((), dtype=torch.float64)
     total_bytes = torch.zeros((), dtype=torch.float64)
-    autocast = getattr(runtime, "autocast", None)
     for inputs, targets in batches:
-        if autocast is not None:
-            with autocast():
-                loss = model(inputs, targets, loss_reduction="none")
-        else:
+        with runtime.autocast() if runtime is not None else contextlib.nullcontext():
             loss = model(inputs, targets, loss_reduction="none")
         loss_sum, byte_sum = bpb_sums(loss, targets, token_bytes)
         total_loss += loss_sum.cpu()
         total_bytes += byte_sum.cpu()
-    if runtime is not None and getattr(runtime, "distributed", False):
-        device = runtime.device  # type: ignore[attr-defined]
-        pair = torch.stack([total_loss, total_bytes]).to(device)
-        runtime.all_reduce_sum(pair)  # type: ignore[attr-defined]
+    if runtime is not None and runtime.distributed:
+        pair = torch.stack([total_loss, total_bytes]).to(runtime.device)
+        runtime.all_reduce_sum(pair)
         total_loss, total_bytes = pair[0].cpu(), pair[1].cpu()
     if total_bytes.item() == 0:
         return float("nan")
@@ -68,12 +68,12 @@ def evaluate_bpb(
 
 
 def text_eval_batches(
-    dataset: object,
-    tokenizer: object,
+    dataset: Dataset,
+    tokenizer: Tokenizer,
     seq_len: int,
     batch_size: int,
     max_tokens: int,
-    device: object = "cpu",
+    device: torch.device | str = "cpu",
     split: str = "val",
     rank: int = 0,
     world_size: int = 1,
@@ -82,23 +82,23 @@ def text_eval_batches(
     ``<|bos|>``, concatenated and cut into rows of ``seq_len + 1`` ids; this rank's share of
     ``max_tokens`` targets in total.
     """
-    bos = tokenizer.special_tokens[BOS]  # type: ignore[attr-defined]
+    bos = tokenizer.special_tokens[BOS]
     per_rank = max(seq_len, max_tokens // world_size)
     rows_needed = -(-per_rank // seq_len)
     stream: list[int] = []
     texts: list[str] = []
     row_len = seq_len + 1
-    iterator = dataset.iter(split, rank=rank, world_size=world_size, shuffle=False)  # type: ignore[attr-defined]
+    iterator = dataset.iter(split, rank=rank, world_size=world_size, shuffle=False)
     for text, _cursor in iterator:
         texts.append(text)
         if len(texts) >= 64:
-            for ids in tokenizer.encode_batch(texts):  # type: ignore[attr-defined]
+            for ids in tokenizer.encode_batch(texts):
                 stream += [bos, *ids]
             texts = []
             if len(stream) >= rows_needed * row_len:
                 break
     if texts:
-        for ids in tokenizer.encode_batch(texts):  # type: ignore[attr-defined]
+        for ids in tokenizer.encode_batch(texts):
             stream += [bos, *ids]
     rows = min(rows_needed, len(stream) // row_len)
     if rows == 0:

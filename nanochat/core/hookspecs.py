@@ -30,6 +30,7 @@ def nanochat_register_models() -> list[ComponentSpec]:
     Called once when the registry is built. A model factory takes the model's options
     dataclass and returns a :class:`~nanochat.core.models.ModelFactory`.
     """
+    return []
 
 
 @hookspec
@@ -39,6 +40,7 @@ def nanochat_register_tokenizers() -> list[ComponentSpec]:
     Called once when the registry is built. A tokenizer factory takes the options dataclass and
     returns a :class:`~nanochat.core.components.TokenizerFactory` (train or load).
     """
+    return []
 
 
 @hookspec
@@ -48,6 +50,7 @@ def nanochat_register_datasets() -> list[ComponentSpec]:
     Called once when the registry is built. ``spec.extra["data_kind"]`` says which of the four
     dataset kinds (``text``, ``chat``, ``problems``, ``preferences``) it yields.
     """
+    return []
 
 
 @hookspec
@@ -57,6 +60,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
     Called once when the registry is built. A stage factory takes the options dataclass and
     returns a :class:`~nanochat.core.components.Stage`.
     """
+    return []
 
 
 @hookspec
@@ -66,6 +70,7 @@ def nanochat_register_evals() -> list[ComponentSpec]:
     Called once when the registry is built. An eval factory takes the options dataclass and
     returns an :class:`~nanochat.core.components.Evaluator`.
     """
+    return []
 
 
 @hookspec
@@ -75,6 +80,7 @@ def nanochat_register_servers() -> list[ComponentSpec]:
     Called once when the registry is built. A server factory takes the options dataclass and
     returns a :class:`~nanochat.core.components.Server`.
     """
+    return []
 
 
 @hookspec
@@ -84,6 +90,7 @@ def nanochat_register_tools() -> list[ComponentSpec]:
     Called once when the registry is built. A tool factory takes the options dataclass and
     returns a :class:`~nanochat.core.components.Tool`.
     """
+    return []
 
 
 @hookspec
@@ -93,6 +100,7 @@ def nanochat_register_loggers() -> list[ComponentSpec]:
     Called once when the registry is built. A logger factory takes the options dataclass and
     returns a :class:`~nanochat.core.components.MetricLogger`.
     """
+    return []
 
 
 @hookspec
@@ -102,6 +110,7 @@ def nanochat_register_presets() -> list[Preset]:
     Called once when the registry is built; ``--preset NAME`` applies one before the user's own
     ``-o`` overrides.
     """
+    return []
 
 
 @hookspec

@@ -130,6 +130,26 @@ class Model(Protocol):
         """Load tensors saved by :meth:`state_dict`."""
         ...
 
+    def named_parameters(self, *args: Any, **kwargs: Any) -> Any:
+        """``(name, parameter)`` pairs."""
+        ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        """Move to a device / dtype (returns the model)."""
+        ...
+
+    def train(self, mode: bool = True) -> Any:
+        """Training mode."""
+        ...
+
+    def eval(self) -> Any:
+        """Evaluation mode."""
+        ...
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the gradients."""
+        ...
+
 
 @runtime_checkable
 class ModelFactory(Protocol):

@@ -134,11 +134,11 @@ def _choose(
                 f"this run was made with {kind} {name!r}, which is not installed now; install "
                 f"its plugin or pass --{kind} NAME"
             ) from None
-    for name in fallbacks:
-        if name is None:
+    for fallback in fallbacks:
+        if fallback is None:
             continue
         try:
-            return registry.resolve(kind, name)
+            return registry.resolve(kind, fallback)
         except UsageError:
             continue
     items = registry.components(kind)

@@ -54,7 +54,9 @@ def check_forward(model: Model) -> None:
     assert mean.ndim == 0 and total.ndim == 0, "mean and sum losses must be scalars"
     assert each.shape == (idx.numel(),), f"'none' loss must have shape (B*T,), not {each.shape}"
     counted = int((targets >= 0).sum())
-    assert float(each.detach()[targets.reshape(-1) < 0].abs().sum()) == 0.0, "ignored targets carry loss"
+    assert float(each.detach()[targets.reshape(-1) < 0].abs().sum()) == 0.0, (
+        "ignored targets carry loss"
+    )
     torch.testing.assert_close(total, each.sum(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(mean, total / counted, rtol=1e-4, atol=1e-4)
     expected = torch.nn.functional.cross_entropy(
@@ -75,14 +77,14 @@ def check_causal(model: Model) -> None:
 
 def check_backward(model: Model) -> None:
     """Every parameter gets a finite gradient from the loss (none is left unused)."""
-    model.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+    model.zero_grad(set_to_none=True)
     idx = _batch(model)
     model(idx, torch.roll(idx, -1, dims=1)).backward()
-    for name, param in model.named_parameters():  # type: ignore[attr-defined]
+    for name, param in model.named_parameters():
         if param.requires_grad:
             assert param.grad is not None, f"parameter {name} got no gradient"
             assert torch.isfinite(param.grad).all(), f"parameter {name} has a non-finite gradient"
-    model.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+    model.zero_grad(set_to_none=True)
 
 
 def check_flops(model: Model) -> None:
@@ -111,7 +113,7 @@ def check_optimizers(factory: ModelFactory, model: Model) -> None:
     model(idx, torch.roll(idx, -1, dims=1)).backward()
     for optimizer in optimizers:
         optimizer.step()
-    model.zero_grad(set_to_none=True)  # type: ignore[attr-defined]
+    model.zero_grad(set_to_none=True)
     moved = sum(not torch.equal(a, p.detach()) for a, p in zip(before, params, strict=True))
     assert moved > 0, "an optimizer step changed no parameter"
 
@@ -169,13 +171,13 @@ def check_model_factory(factory: ModelFactory) -> dict[str, Any]:
     """Run every check on a model built by ``factory``; return a few facts about it."""
     assert isinstance(factory, ModelFactory), "the factory lacks config/build/optimizers"
     model = build_small(factory)
-    model.eval()  # type: ignore[attr-defined]
+    model.eval()
     check_forward(model)
     check_causal(model)
     check_flops(model)
     check_state_dict_round_trip(factory, model)
     check_generation_cache(model)
-    model.train()  # type: ignore[attr-defined]
+    model.train()
     check_backward(model)
     check_optimizers(factory, model)
     return {

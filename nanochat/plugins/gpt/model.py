@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +140,7 @@ class CausalSelfAttention(nn.Module):
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         groups = self.n_head // self.n_kv_head
-        gqa: dict[str, bool] = {}
+        gqa: dict[str, Any] = {}
         if cached is not None:
             k, v = cached.cache.insert_kv(self.layer_idx, k, v, cached.positions, cached.length)
             k, v = k.to(q.dtype), v.to(q.dtype)
@@ -205,6 +205,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, vp, bias=False)
         self.rotary_len = config.sequence_len * ROTARY_LEN_FACTOR
         cos, sin = rotary_tables(self.rotary_len, config.head_dim, device=self.wte.weight.device)
+        self.cos: torch.Tensor
+        self.sin: torch.Tensor
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
@@ -218,7 +220,7 @@ class GPT(nn.Module):
         """
         nn.init.normal_(self.wte.weight, mean=0.0, std=1.0)
         nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
-        for block in self.blocks:
+        for block in self.block_list():
             for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
                 s = math.sqrt(3.0 / lin.in_features)
                 nn.init.uniform_(lin.weight, -s, s)
@@ -227,6 +229,10 @@ class GPT(nn.Module):
         cos, sin = rotary_tables(self.rotary_len, self.config.head_dim, device=self.cos.device)
         self.cos.copy_(cos)
         self.sin.copy_(sin)
+
+    def block_list(self) -> list[Block]:
+        """The transformer blocks, in order."""
+        return [cast(Block, block) for block in self.blocks]
 
     @property
     def sequence_len(self) -> int:
@@ -260,7 +266,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens exceeds rotary length {self.rotary_len}")
         cos_sin = self.cos[:, :T], self.sin[:, :T]
         x = norm(self.wte(idx))
-        for block in self.blocks:
+        for block in self.block_list():
             x = block(x, cos_sin)
         logits = self._logits(x)
         if targets is None:
@@ -291,7 +297,7 @@ class GPT(nn.Module):
         mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, length)
         cached = CachedPass(cache, positions, length, mask)
         x = norm(self.wte(idx))
-        for block in self.blocks:
+        for block in self.block_list():
             x = block(x, cos_sin, cached)
         cache.advance(T)
         return self._logits(x)
@@ -315,8 +321,8 @@ class GPT(nn.Module):
         scalar = [p for p in self.blocks.parameters() if p.ndim < 2]
         return {
             "matrix": matrix,
-            "embedding": [self.wte.weight],
-            "unembedding": [self.lm_head.weight],
+            "embedding": [cast(nn.Parameter, self.wte.weight)],
+            "unembedding": [cast(nn.Parameter, self.lm_head.weight)],
             "scalar": scalar,
         }
 

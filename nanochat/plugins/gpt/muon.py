@@ -119,12 +119,14 @@ class Muon(torch.optim.Optimizer):
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
         updates = []
         for p in params:
+            grad = p.grad
+            assert grad is not None  # the caller passes only parameters with gradients
             state = self.state[p]
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p.grad)
+                state["momentum_buffer"] = torch.zeros_like(grad)
             buf = state["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - mu)
-            updates.append(p.grad.lerp(buf, mu) if group["nesterov"] else buf)
+            buf.lerp_(grad, 1 - mu)
+            updates.append(grad.lerp(buf, mu) if group["nesterov"] else buf)
         ortho = zeropower_via_newtonschulz5(torch.stack(updates), steps=group["ns_steps"])
         rows, cols = params[0].shape
         scale = max(1.0, rows / cols) ** 0.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from nanochat.plugins.loggers.options import WandbOptions
 
@@ -40,7 +40,7 @@ class WandbLogger:
             name=run_name,
             dir=str(run_dir),
             config=config,
-            mode=mode,
+            mode=cast(Any, mode),
             reinit="finish_previous",
             settings=wandb.Settings(silent=True, console="off"),
         )

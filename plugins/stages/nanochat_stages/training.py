@@ -182,7 +182,10 @@ class TrainingLoop:
             ),
         )
         if self.latest is not None:
-            states = self.latest.optimizer_state()["optimizers"]
+            saved = self.latest.optimizer_state()
+            if saved is None:
+                raise StageError(f"checkpoint {self.latest.path} has no optimizer state to resume")
+            states = saved["optimizers"]
             for optimizer, state in zip(self.optimizers, states, strict=True):
                 optimizer.load_state_dict(state)
         self.train_model: Any = model

@@ -38,10 +38,12 @@ def nanochat_home() -> Path:
 
 
 def run_directory(run_name: str) -> Path:
-    """The folder of run ``run_name``: ``$NANOCHAT_HOME/runs/<name>``."""
-    if not run_name or "/" in run_name or run_name.startswith("."):
-        raise UsageError(f"invalid run name {run_name!r}: use letters, digits, '-' or '_'")
-    return nanochat_home() / "runs" / run_name
+    """The folder of run ``run_name``: ``$NANOCHAT_HOME/runs/<name>``.
+
+    Raises:
+        UsageError: an invalid run name (see :func:`nanochat.core.config.check_run_name`).
+    """
+    return nanochat_home() / "runs" / cfg.check_run_name(run_name)
 
 
 def git_commit() -> str | None:

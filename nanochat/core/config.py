@@ -164,6 +164,12 @@ def _check_value(value: Any, spec: OptionSpec, where: str) -> None:
         raise UsageError(f"{where}={value} is out of range: expected {allowed}")
 
 
+def _check_items(value: Any, spec: OptionSpec, where: str) -> None:
+    """Check ``value``, or each item of a list or tuple ``value``, against ``spec``."""
+    for item in value if isinstance(value, list | tuple) else [value]:
+        _check_value(item, spec, where)
+
+
 def validate_options(options: Any, scope: str) -> None:
     """Check every field of the dataclass ``options`` against its declared :func:`option` spec.
 
@@ -185,10 +191,7 @@ def validate_options(options: Any, scope: str) -> None:
         value = getattr(options, f.name)
         if value is None:
             continue
-        where = f"option {scope}.{f.name}"
-        items = value if isinstance(value, list | tuple) else [value]
-        for item in items:
-            _check_value(item, spec, where)
+        _check_items(value, spec, f"option {scope}.{f.name}")
 
 
 def check_run_name(run_name: str) -> str:
@@ -311,8 +314,12 @@ def option_fields(options_type: type) -> dict[str, Any]:
 def apply_overrides(options: Any, overrides: Mapping[str, Any], scope: str) -> Any:
     """A copy of the dataclass ``options`` with ``overrides`` (key -> value) applied and checked.
 
+    Each value is converted to the field's type and checked against its declared range (see
+    :func:`option`), so a bad value fails here even for a scope that is not part of the run.
+
     Raises:
-        UsageError: an unknown key (close matches listed) or a value of the wrong type.
+        UsageError: an unknown key (close matches listed), a value of the wrong type, or one
+            outside its declared range.
     """
     fields = option_fields(type(options))
     changes = {}
@@ -322,7 +329,10 @@ def apply_overrides(options: Any, overrides: Mapping[str, Any], scope: str) -> A
             hint = f"; did you mean: {', '.join(close)}?" if close else ""
             known = ", ".join(fields) or "none"
             raise UsageError(f"unknown option {scope}.{key}{hint} (options of {scope}: {known})")
-        changes[key] = convert_value(raw, fields[key], f"option {scope}.{key}")
+        value = convert_value(raw, fields[key], f"option {scope}.{key}")
+        if value is not None:
+            _check_items(value, option_spec(type(options), key), f"option {scope}.{key}")
+        changes[key] = value
     return dataclasses.replace(options, **changes)
 
 

@@ -112,7 +112,7 @@ def test_eval_checks_ranges_and_takes_log(home: Path, capsys: pytest.CaptureFixt
     code, _, err = run_main(["eval", "bpb", "--log", "no-such-logger"], capsys)
     assert_usage_error(code, err, "no-such-logger")
     code, _, err = run_main(["eval", "bpb", "--log", "wandb", "-o", "wandb.mode=loud"], capsys)
-    assert_usage_error(code, err, "wandb.mode='loud'", "online")
+    assert_usage_error(code, err, "wandb.mode='loud'", "one of: '', online, offline, disabled")
     assert not (home / "runs").exists()
 
 
@@ -392,3 +392,30 @@ def test_validate_plan_checks_third_party_options_and_presets() -> None:
     validate_plan(plan_run(reg, ["bad-default"], "ok", overrides=["bad-default.size=2"]))
     with pytest.raises(UsageError, match=r"option model\.depth=0 is out of range"):
         validate_plan(plan_run(reg, ["tp"], "ok", overrides=["model.depth=0"]))
+
+
+def test_cli_checks_final_options_of_a_third_party_plugin(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load = Registry.load.__func__
+
+    def load_with_third_party(cls: type[Registry], plugin_options: typing.Any = ()) -> Registry:
+        reg = load(cls, plugin_options)
+        reg.register(_ThirdPartyPlugin(), "third")
+        return reg
+
+    monkeypatch.setattr(Registry, "load", classmethod(load_with_third_party))
+    # Put back the process-wide registry of before this test when it ends.
+    monkeypatch.setattr(registry_module, "_current", None)
+    # The bad default is caught by the final check before the run folder exists.
+    code, _, err = run_main(["run", "bad-default", "--run", "r"], capsys)
+    assert_usage_error(code, err, "option bad-default.size=0", ">= 1")
+    code, _, err = run_main(["run", "tp", "--preset", "tp-bad"], capsys)
+    assert_usage_error(code, err, "option tp.steps=0", ">= 1")
+    assert not (home / "runs").exists()
+    code, out, err = run_main(["show", "stage", "tp"], capsys)
+    assert code == 0, err
+    rows = _option_lines(out)
+    assert list(rows) == [f.name for f in dataclasses.fields(ThirdPartyOptions)]
+    assert "[0 < x < 1]" in rows["ratio"] and "[one of: a, b]" in rows["mode"]
+    assert "the field's own doc" in out and "third" in out

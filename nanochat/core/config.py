@@ -67,7 +67,7 @@ class OptionSpec:
         """
         parts: list[str] = []
         if self.choices is not None:
-            parts.append("one of: " + ", ".join(str(c) for c in self.choices))
+            parts.append("one of: " + ", ".join(str(c) if c != "" else "''" for c in self.choices))
         low = ("<=", self.ge) if self.ge is not None else ("<", self.gt)
         high = ("<=", self.le) if self.le is not None else ("<", self.lt)
         if low[1] is not None and high[1] is not None:

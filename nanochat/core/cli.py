@@ -99,6 +99,7 @@ def list_command(kind: str, as_json: bool, verbose: bool) -> None:
     """List the components of KIND (models, tokenizers, datasets, stages, evals, servers,
     tools, loggers) or the presets; `nanochat show KIND NAME` details one."""
     reg = registry_module.get_registry()
+    rows: list[dict[str, Any]]
     if kind in ("preset", "presets"):
         rows = [
             {
@@ -114,9 +115,9 @@ def list_command(kind: str, as_json: bool, verbose: bool) -> None:
             click.echo(json.dumps(rows, indent=2, default=str))
         for row in [] if as_json else rows:
             click.echo(f"{row['name']:<16} {row['summary']}  [{row['plugin']}]")
-            if verbose:
-                for target, value in {**row["defaults"], **row["overrides"]}.items():
-                    click.echo(f"    {target} = {value!r}")
+            sets: dict[str, Any] = {**row["defaults"], **row["overrides"]}
+            for target, value in sets.items() if verbose else ():
+                click.echo(f"    {target} = {value!r}")
         return
     kind = normalize_kind(kind)
     ambiguous = reg.ambiguous_names(kind)
@@ -174,7 +175,9 @@ def show_command(kind: str, name: str, as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2, default=str) if as_json else "\n".join(lines))
 
 
-def single_option(*decls: str, default: Any = None, help: str = "", **kwargs: Any) -> Any:
+def single_option(
+    *decls: str, default: Any = None, help: str = "", **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A click option that may be given at most once (click would silently keep the last).
 
     Raises:
@@ -199,33 +202,32 @@ def component_options(example: str) -> Callable[[Callable[..., Any]], Callable[.
     """The options shared by `run` and `eval`: -o, --model, --tokenizer, --device, --log."""
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(
-            [
-                click.option(
-                    "-o",
-                    "--option",
-                    "overrides",
-                    multiple=True,
-                    metavar="SCOPE.KEY=VALUE",
-                    help=f"Override an option, e.g. -o {example} (repeatable).",
-                ),
-                single_option("--model", help="Model plugin name [default: gpt]."),
-                single_option("--tokenizer", help="Tokenizer plugin name [default: rustbpe]."),
-                single_option(
-                    "--device",
-                    default="auto",
-                    type=click.Choice(["auto", "cuda", "mps", "cpu"]),
-                    help="Where to compute.",
-                ),
-                click.option(
-                    "--log",
-                    "loggers",
-                    multiple=True,
-                    metavar="NAME",
-                    help="Extra metric logger (console and jsonl are always on), e.g. wandb.",
-                ),
-            ]
-        ):
+        decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+            click.option(
+                "-o",
+                "--option",
+                "overrides",
+                multiple=True,
+                metavar="SCOPE.KEY=VALUE",
+                help=f"Override an option, e.g. -o {example} (repeatable).",
+            ),
+            single_option("--model", help="Model plugin name [default: gpt]."),
+            single_option("--tokenizer", help="Tokenizer plugin name [default: rustbpe]."),
+            single_option(
+                "--device",
+                default="auto",
+                type=click.Choice(["auto", "cuda", "mps", "cpu"]),
+                help="Where to compute.",
+            ),
+            click.option(
+                "--log",
+                "loggers",
+                multiple=True,
+                metavar="NAME",
+                help="Extra metric logger (console and jsonl are always on), e.g. wandb.",
+            ),
+        ]
+        for option in reversed(decorators):
             function = option(function)
         return function
 

@@ -55,11 +55,6 @@ class OptionSpec:
     choices: tuple[Any, ...] | None = None
     allow_nonfinite: bool = False
 
-    def has_range(self) -> bool:
-        """Whether any bound or choice is declared."""
-        bounds = (self.ge, self.gt, self.le, self.lt)
-        return self.choices is not None or any(b is not None for b in bounds)
-
     def describe(self) -> str:
         """The allowed values in words, e.g. ``>= 0``, ``0 <= x <= 1``, ``one of: a, b``.
 

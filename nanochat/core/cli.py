@@ -110,9 +110,10 @@ def plugins_command(as_json: bool, show_all: bool) -> None:
 @cli.command("list")
 @click.argument("kind")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def list_command(kind: str, as_json: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Presets: also list what each one sets.")
+def list_command(kind: str, as_json: bool, verbose: bool) -> None:
     """List the components of KIND (models, tokenizers, datasets, stages, evals, servers,
-    tools, loggers) or the presets."""
+    tools, loggers) or the presets; `nanochat show KIND NAME` details one."""
     reg = registry_module.get_registry()
     rows: list[dict[str, Any]]
     if kind in ("preset", "presets"):
@@ -122,6 +123,7 @@ def list_command(kind: str, as_json: bool) -> None:
                 "plugin": plugin,
                 "summary": preset.summary,
                 "overrides": dict(preset.overrides),
+                "defaults": dict(preset.defaults),
             }
             for name, (plugin, preset) in sorted(reg.presets().items())
         ]
@@ -129,6 +131,9 @@ def list_command(kind: str, as_json: bool) -> None:
             click.echo(json.dumps(rows, indent=2, default=str))
         for row in [] if as_json else rows:
             click.echo(f"{row['name']:<16} {row['summary']}  [{row['plugin']}]")
+            sets: dict[str, Any] = {**row["defaults"], **row["overrides"]}
+            for target, value in sets.items() if verbose else ():
+                click.echo(f"    {target} = {value!r}")
         return
     kind = normalize_kind(kind)
     ambiguous = reg.ambiguous_names(kind)
@@ -159,32 +164,86 @@ def list_command(kind: str, as_json: bool) -> None:
         click.echo(f"{name:<24} {tag}{row['summary']}  [{row['plugin']}]")
 
 
+@cli.command("show")
+@click.argument("kind")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show_command(kind: str, name: str, as_json: bool) -> None:
+    """Show component NAME of KIND: its plugin, summary, factory and every option with its
+    type, default, allowed values and doc (`nanochat show preset NAME`: what a preset sets)."""
+    from nanochat.core.option_docs import describe_component, format_component
+
+    reg = registry_module.get_registry()
+    if kind in ("preset", "presets"):
+        plugin, preset = reg.presets()[reg.preset(name).name]
+        info: dict[str, Any] = {
+            "name": preset.name,
+            "plugin": plugin,
+            "summary": preset.summary,
+            "overrides": dict(preset.overrides),
+            "defaults": dict(preset.defaults),
+        }
+        lines = [f"preset {name}  [{plugin}]", f"  summary: {preset.summary}"]
+        lines += [f"  {k} = {v!r}" for k, v in {**preset.defaults, **preset.overrides}.items()]
+    else:
+        info = describe_component(reg, reg.resolve(normalize_kind(kind), name))
+        lines = format_component(info)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else "\n".join(lines))
+
+
+def single_option(
+    *decls: str, default: Any = None, help: str = "", **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A click option that may be given at most once (click would silently keep the last).
+
+    Raises:
+        UsageError: at parse time, when the option is repeated (``--run given twice``).
+    """
+    flag = max((d for d in decls if d.startswith("--")), key=len)
+
+    def once(ctx: click.Context, param: click.Parameter, values: tuple[Any, ...]) -> Any:
+        if len(values) > 1:
+            times = "twice" if len(values) == 2 else f"{len(values)} times"
+            given = ", ".join(repr(v) for v in values)
+            raise UsageError(f"{flag} given {times} ({given}); give it once")
+        return values[0] if values else default
+
+    shown = f"  [default: {default}]" if default is not None else ""
+    return click.option(
+        *decls, multiple=True, callback=once, show_default=False, help=help + shown, **kwargs
+    )
+
+
 def component_options(example: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The options shared by `run` and `eval`: -o, --model, --tokenizer and --device."""
+    """The options shared by `run` and `eval`: -o, --model, --tokenizer, --device, --log."""
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(
-            [
-                click.option(
-                    "-o",
-                    "--option",
-                    "overrides",
-                    multiple=True,
-                    metavar="SCOPE.KEY=VALUE",
-                    help=f"Override an option, e.g. -o {example} (repeatable).",
-                ),
-                click.option("--model", default=None, help="Model plugin name [default: gpt]."),
-                click.option(
-                    "--tokenizer", default=None, help="Tokenizer plugin name [default: rustbpe]."
-                ),
-                click.option(
-                    "--device",
-                    default="auto",
-                    type=click.Choice(["auto", "cuda", "mps", "cpu"]),
-                    help="Where to compute.",
-                ),
-            ]
-        ):
+        decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+            click.option(
+                "-o",
+                "--option",
+                "overrides",
+                multiple=True,
+                metavar="SCOPE.KEY=VALUE",
+                help=f"Override an option, e.g. -o {example} (repeatable).",
+            ),
+            single_option("--model", help="Model plugin name [default: gpt]."),
+            single_option("--tokenizer", help="Tokenizer plugin name [default: rustbpe]."),
+            single_option(
+                "--device",
+                default="auto",
+                type=click.Choice(["auto", "cuda", "mps", "cpu"]),
+                help="Where to compute.",
+            ),
+            click.option(
+                "--log",
+                "loggers",
+                multiple=True,
+                metavar="NAME",
+                help="Extra metric logger (console and jsonl are always on), e.g. wandb.",
+            ),
+        ]
+        for option in reversed(decorators):
             function = option(function)
         return function
 
@@ -211,16 +270,9 @@ def torchrun_runtime(device: str) -> Iterator[Any]:
 
 @cli.command("run", context_settings={"show_default": True})
 @click.argument("stages", nargs=-1, required=True)
-@click.option("--run", "run_name", default="default", help="Run name (folder under runs/).")
-@click.option("--preset", default=None, help="Apply a preset's options first.")
+@single_option("--run", "run_name", default="default", help="Run name (folder under runs/).")
+@single_option("--preset", help="Apply a preset's options first.")
 @component_options("pretrain.max_steps=100")
-@click.option(
-    "--log",
-    "loggers",
-    multiple=True,
-    metavar="NAME",
-    help="Extra metric logger (console and jsonl are always on), e.g. wandb.",
-)
 def run_command(
     stages: tuple[str, ...],
     run_name: str,
@@ -258,7 +310,7 @@ def run_command(
 
 @cli.command("eval", context_settings={"show_default": True})
 @click.argument("name")
-@click.option("--run", "run_name", default="default", help="Run whose newest model to evaluate.")
+@single_option("--run", "run_name", default="default", help="Run whose newest model to evaluate.")
 @component_options("eval-bpb.tokens=10000")
 def eval_command(
     name: str,
@@ -266,6 +318,7 @@ def eval_command(
     overrides: tuple[str, ...],
     model: str | None,
     tokenizer: str | None,
+    loggers: tuple[str, ...],
     device: str,
 ) -> None:
     """Evaluate the newest model of a run with evaluator NAME and print its metrics (JSON)."""
@@ -281,7 +334,7 @@ def eval_command(
         overrides,
         model,
         tokenizer,
-        (),
+        loggers,
         device,
         DEFAULT_COMPONENTS,
     )

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nanochat.core import config as cfg
+from nanochat.core.config import check_run_name
 from nanochat.core.errors import UnknownComponentError, UsageError
+from nanochat.core.option_docs import validate_plan
 from nanochat.core.registry import Registry, Resolved
-from nanochat.core.rundir import check_run_name, git_commit, now, read_run_record, run_directory
+from nanochat.core.rundir import git_commit, now, read_run_record, run_directory
 
 EVAL_PREFIX = "eval:"
 ALWAYS_ON_LOGGERS = ("console", "jsonl")
@@ -259,7 +261,7 @@ def plan_run(
             slot[0] = cfg.apply_overrides(slot[0], {key: value}, scope)
     for entry, slot in zip(entries, stage_slots, strict=True):
         entry.options = slot[0]
-    return RunPlan(
+    plan = RunPlan(
         run_name=run_name,
         stages=entries,
         model=model_r,
@@ -274,3 +276,5 @@ def plan_run(
         model_explicit=model is not None,
         tokenizer_explicit=tokenizer is not None,
     )
+    validate_plan(plan)
+    return plan

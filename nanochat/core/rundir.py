@@ -10,37 +10,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from nanochat.core.checkpoint import read_json, write_json_atomic
+from nanochat.core.config import check_run_name
 from nanochat.core.errors import UsageError
 
 DONE_FILE = "done.json"
 PIPELINE_FILE = "pipeline.json"
-MAX_RUN_NAME = 100
-_RUN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 
 
 def nanochat_home() -> Path:
     """``$NANOCHAT_HOME``, default ``~/.cache/nanochat``."""
     return Path(os.environ.get("NANOCHAT_HOME") or Path.home() / ".cache" / "nanochat")
-
-
-def check_run_name(run_name: str) -> str:
-    """``run_name`` if it is letters, digits, ``-``, ``_`` and ``.`` (not first), at most 100.
-
-    Raises:
-        UsageError: any other name (spaces, path separators, ``~``, wildcards, control codes).
-    """
-    if not _RUN_NAME.fullmatch(run_name) or len(run_name) > MAX_RUN_NAME:
-        raise UsageError(
-            f"invalid run name {run_name!r}: use letters, digits, '-', '_' or '.' (not first), "
-            f"at most {MAX_RUN_NAME} characters"
-        )
-    return run_name
 
 
 def run_directory(run_name: str) -> Path:

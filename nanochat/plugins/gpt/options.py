@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nanochat.core.config import option
+
 
 @dataclass
 class GPTOptions:
@@ -21,10 +23,10 @@ class GPTOptions:
         vocab_multiple: the embedding and head are padded to a multiple of this many rows.
     """
 
-    depth: int = 4
-    aspect_ratio: int = 64
-    head_dim: int = 128
-    n_kv_head: int | None = None
-    sequence_len: int = 256
-    softcap: float = 15.0
-    vocab_multiple: int = 64
+    depth: int = option(4, ge=1)
+    aspect_ratio: int = option(64, ge=1)
+    head_dim: int = option(128, ge=1)
+    n_kv_head: int | None = option(None, ge=1)
+    sequence_len: int = option(256, ge=1)
+    softcap: float = option(15.0, ge=0)
+    vocab_multiple: int = option(64, ge=1)

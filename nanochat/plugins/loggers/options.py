@@ -4,25 +4,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nanochat.core.config import option
+
 
 @dataclass
 class ConsoleOptions:
-    """Options of the console logger."""
+    """Options of the console logger.
 
-    every: int = 1  # print one record in this many metric records that carry a step
+    Attributes:
+        every: print one record in this many metric records that carry a step.
+    """
+
+    every: int = option(1, ge=1)
 
 
 @dataclass
 class JsonlOptions:
-    """Options of the JSONL logger."""
+    """Options of the JSONL logger.
+
+    Attributes:
+        filename: the file in the run directory that records are appended to.
+    """
 
     filename: str = "metrics.jsonl"
 
 
 @dataclass
 class WandbOptions:
-    """Options of the wandb logger."""
+    """Options of the wandb logger.
+
+    Attributes:
+        project: the wandb project.
+        entity: the wandb user or team; empty: wandb's default.
+        mode: online, offline or disabled; empty: $WANDB_MODE, else offline without a key.
+    """
 
     project: str = "nanochat"
     entity: str = ""
-    mode: str = ""  # online | offline | disabled; default: $WANDB_MODE, else offline without a key
+    mode: str = option("", choices=("", "online", "offline", "disabled"))

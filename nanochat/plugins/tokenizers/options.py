@@ -13,6 +13,10 @@ DEFAULT_SPLIT_PATTERN = (
 
 @dataclass
 class TokenizerOptions:
-    """Options shared by the BPE tokenizer plugins."""
+    """Options shared by the BPE tokenizer plugins.
 
-    pattern: str = ""  # the split regex; empty means nanochat's default pattern
+    Attributes:
+        pattern: the regex that splits text before BPE; empty: nanochat's default pattern.
+    """
+
+    pattern: str = ""

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanochat.core.config import option
+
 FINEWEB_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 FINEWEB_MAX_SHARD = 1822
 
@@ -36,7 +38,7 @@ class FinewebOptions:
     """
 
     path: str = ""
-    val_shards: int = 1
+    val_shards: int = option(1, ge=1)
     base_url: str = ""
 
 
@@ -53,8 +55,8 @@ class TextFilesOptions:
 
     path: str = ""
     column: str = "text"
-    txt_mode: str = "file"
-    val_fraction: float = 0.01
+    txt_mode: str = option("file", choices=("file", "paragraph"))
+    val_fraction: float = option(0.01, ge=0, le=1)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class DemoOptions:
         val_fraction: share of items, chosen by a stable hash, in the ``val`` split.
     """
 
-    val_fraction: float = 0.05
+    val_fraction: float = option(0.05, ge=0, le=1)
 
 
 @dataclass
@@ -78,7 +80,7 @@ class LocalFileOptions:
     """
 
     path: str = ""
-    val_fraction: float = 0.01
+    val_fraction: float = option(0.01, ge=0, le=1)
 
 
 @dataclass
@@ -106,7 +108,7 @@ class Gsm8kOptions:
     """
 
     path: str = ""
-    source: str = "auto"
+    source: str = option("auto", choices=("auto", "hub", "bundled"))
     hub_name: str = "openai/gsm8k"
 
 
@@ -124,13 +126,13 @@ class ArithmeticOptions:
         seed: generator seed (the iteration seed only shuffles).
     """
 
-    train_size: int = 10_000
-    val_size: int = 500
-    min_steps: int = 1
-    max_steps: int = 3
-    max_value: int = 100
+    train_size: int = option(10_000, ge=0)
+    val_size: int = option(500, ge=0)
+    min_steps: int = option(1, ge=1)
+    max_steps: int = option(3, ge=1)
+    max_value: int = option(100, ge=2)
     operations: str = "+-*/"
-    seed: int = 1234
+    seed: int = option(1234, ge=0)
 
 
 @dataclass
@@ -145,4 +147,4 @@ class IdentityOptions:
 
     name: str = "nanochat"
     creator: str = "the nanochat project"
-    val_fraction: float = 0.1
+    val_fraction: float = option(0.1, ge=0, le=1)

@@ -1,90 +1,173 @@
-"""Options of the built-in stages (no heavy imports: the CLI lists them without torch)."""
+"""Options of the built-in stages (no heavy imports: the CLI lists them without torch).
+
+Every field declares its allowed values with :func:`nanochat.core.config.option`; they are
+checked before a run writes anything, and ``nanochat show stage NAME`` prints them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nanochat.core.config import option
+from nanochat.core.special_tokens import SPECIAL_TOKENS
+
+#: The smallest vocabulary a tokenizer can have: the 256 bytes and the special tokens.
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+#: The largest vocabulary: token ids must fit in a signed 32-bit integer.
+MAX_VOCAB_SIZE = 2**31 - 1
+
 
 @dataclass
 class TokenizerStageOptions:
-    """Options of the `tokenizer` stage."""
+    """Options of the `tokenizer` stage.
 
-    dataset: str = "demo-text"  # a text dataset reference
-    vocab_size: int = 32768  # ids in total, special tokens included
-    max_chars: int = 2_000_000_000  # character budget of training text
-    doc_cap: int = 10_000  # each document is cut to at most this many characters
-    eval_chars: int = 2_000_000  # held-out characters for the bytes/token measurement
-    seed: int = 0
+    Attributes:
+        dataset: a text dataset reference to train on.
+        vocab_size: ids in total, special tokens included.
+        max_chars: character budget of training text.
+        doc_cap: each document is cut to at most this many characters.
+        eval_chars: held-out characters for the bytes/token measurement.
+        seed: seed of the order the training documents are read in.
+    """
+
+    dataset: str = "demo-text"
+    vocab_size: int = option(32768, ge=MIN_VOCAB_SIZE, le=MAX_VOCAB_SIZE)
+    max_chars: int = option(2_000_000_000, ge=1)
+    doc_cap: int = option(10_000, ge=1)
+    eval_chars: int = option(2_000_000, ge=1)
+    seed: int = option(0, ge=0)
 
 
 @dataclass
 class TrainingOptions:
-    """Options every training stage shares (batch, schedule, optimizer, cadence)."""
+    """Options every training stage shares (batch, schedule, optimizer, cadence).
 
-    device_batch_size: int = 8  # rows per forward pass per process
-    total_batch_tokens: int = 0  # tokens per optimizer step over all ranks; 0 = one micro-step
-    max_steps: int = 0  # 0: derived from the data (see each stage)
-    time_budget_s: float = 0.0  # stop after this many seconds of training (0: no budget)
-    warmup_ratio: float = 0.0
-    warmdown_ratio: float = 0.2
-    final_lr_frac: float = 0.0
-    matrix_lr: float = 0.02
-    embedding_lr: float = 0.2
-    unembedding_lr: float = 0.004
-    scalar_lr: float = 0.5
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # 0 disables clipping
-    eval_every: int = 100  # validation every N steps (and at the end)
-    sample_every: int = 0  # samples every N steps (0: only at the end)
-    sample_tokens: int = 24
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2  # newest checkpoints kept (the final one is always kept)
-    compile: bool = False  # torch.compile the model (CUDA only)
-    max_loss: float = 50.0  # a loss above this (or NaN) stops the stage
-    seed: int = 0
+    Attributes:
+        device_batch_size: rows per forward pass per process.
+        total_batch_tokens: tokens per optimizer step over all ranks (a multiple of
+            device_batch_size x sequence_len x world_size); 0: one micro-step.
+        max_steps: optimizer steps; 0: derived from the data (see each stage).
+        time_budget_s: stop after this many seconds of training; 0: no budget.
+        warmup_ratio: share of the steps over which the learning rate warms up from 0.
+        warmdown_ratio: share of the steps at the end over which it decays to final_lr_frac.
+        final_lr_frac: the learning rate at the end, as a fraction of the peak.
+        matrix_lr: peak learning rate of the matrix parameters (Muon).
+        embedding_lr: peak learning rate of the token embedding (AdamW).
+        unembedding_lr: peak learning rate of the output head (AdamW).
+        scalar_lr: peak learning rate of scalar parameters (AdamW).
+        weight_decay: weight decay of the matrix parameters.
+        grad_clip: clip the gradient norm to this; 0 disables clipping.
+        eval_every: validation every N steps (and at the end).
+        sample_every: samples every N steps; 0: only at the end.
+        sample_tokens: tokens generated per sample.
+        checkpoint_every: a checkpoint every N steps (and at the end).
+        keep_checkpoints: newest checkpoints kept (the final one is always kept).
+        compile: torch.compile the model (CUDA only).
+        max_loss: a loss above this (or NaN) stops the stage.
+        seed: seed of the model initialisation and the data order.
+    """
+
+    device_batch_size: int = option(8, ge=1)
+    total_batch_tokens: int = option(0, ge=0)
+    max_steps: int = option(0, ge=0)
+    time_budget_s: float = option(0.0, ge=0)
+    warmup_ratio: float = option(0.0, ge=0, le=1)
+    warmdown_ratio: float = option(0.2, ge=0, le=1)
+    final_lr_frac: float = option(0.0, ge=0, le=1)
+    matrix_lr: float = option(0.02, ge=0)
+    embedding_lr: float = option(0.2, ge=0)
+    unembedding_lr: float = option(0.004, ge=0)
+    scalar_lr: float = option(0.5, ge=0)
+    weight_decay: float = option(0.0, ge=0)
+    grad_clip: float = option(1.0, ge=0)
+    eval_every: int = option(100, ge=1)
+    sample_every: int = option(0, ge=0)
+    sample_tokens: int = option(24, ge=0)
+    checkpoint_every: int = option(100, ge=1)
+    keep_checkpoints: int = option(2, ge=1)
+    compile: bool = False
+    max_loss: float = option(50.0, gt=0)
+    seed: int = option(0, ge=0)
 
 
 @dataclass
 class PretrainOptions(TrainingOptions):
-    """Options of the `pretrain` stage."""
+    """Options of the `pretrain` stage.
 
-    dataset: str = "demo-text"  # a text dataset reference
-    data_param_ratio: float = 20.0  # training tokens per parameter, when max_steps is 0
-    eval_tokens: int = 32768  # validation tokens per evaluation (over all ranks)
-    doc_buffer: int = 128  # documents the best-fit packer chooses from
-    doc_cap: int = 100_000  # characters per document at most
+    Attributes:
+        dataset: a text dataset reference to train on.
+        data_param_ratio: training tokens per parameter, when max_steps is 0 (then it must be
+            positive).
+        eval_tokens: validation tokens per evaluation (over all ranks).
+        doc_buffer: documents the best-fit packer chooses from.
+        doc_cap: characters per document at most.
+    """
+
+    dataset: str = "demo-text"
+    data_param_ratio: float = option(20.0, ge=0)
+    eval_tokens: int = option(32768, ge=1)
+    doc_buffer: int = option(128, ge=1)
+    doc_cap: int = option(100_000, ge=1)
 
 
 @dataclass
 class MidtrainOptions(TrainingOptions):
-    """Options of the `midtrain` stage (continues from the newest `pretrain` checkpoint)."""
+    """Options of the `midtrain` stage (continues from the newest `pretrain` checkpoint).
 
-    # Online the reference recipe is smoltalk:1,gsm8k:4,identity:2,arithmetic:1 (gsm8k's
-    # train split needs the hub); the default stays offline so that it always runs.
-    mixture: str = "demo-chat:1,identity:2,arithmetic:1"  # a chat dataset reference
-    val_mixture: str = ""  # held-out conversations ("": the val split of `mixture`)
-    epochs: float = 1.0  # passes over the mixture when max_steps is 0
-    warmdown_ratio: float = 0.8  # the learning rate decays to final_lr_frac (0) at the end
-    eval_conversations: int = 256  # held-out conversations per validation (over all ranks)
-    doc_buffer: int = 64  # conversations the best-fit packer chooses from
-    sample_tokens: int = 48
+    Online the reference recipe is ``smoltalk:1,gsm8k:4,identity:2,arithmetic:1`` (gsm8k's
+    train split needs the hub); the default stays offline so that it always runs.
+
+    Attributes:
+        mixture: a chat dataset reference (a mixture of ``name:EPOCHS`` terms) to train on.
+        val_mixture: held-out conversations; empty: the val split of mixture.
+        epochs: passes over the mixture when max_steps is 0 (then it must be positive).
+        warmdown_ratio: the learning rate decays to final_lr_frac (0) over this share at the end.
+        eval_conversations: held-out conversations per validation (over all ranks).
+        doc_buffer: conversations the best-fit packer chooses from.
+        sample_tokens: tokens generated per sample.
+    """
+
+    mixture: str = "demo-chat:1,identity:2,arithmetic:1"
+    val_mixture: str = ""
+    epochs: float = option(1.0, ge=0)
+    warmdown_ratio: float = option(0.8, ge=0, le=1)
+    eval_conversations: int = option(256, ge=1)
+    doc_buffer: int = option(64, ge=1)
+    sample_tokens: int = option(48, ge=0)
 
 
 @dataclass
 class SftOptions(TrainingOptions):
-    """Options of the `sft` stage (continues from `midtrain`, else from `pretrain`)."""
+    """Options of the `sft` stage (continues from `midtrain`, else from `pretrain`).
 
-    mixture: str = "identity:4,arithmetic:0.1,demo-chat:0.2"  # a chat dataset reference
-    # held-out conversations for the validation loss: all 9 identity ones, 10 arithmetic ones
+    The default val_mixture holds all 9 identity conversations and 10 arithmetic ones.
+
+    Attributes:
+        mixture: a chat dataset reference (a mixture of ``name:EPOCHS`` terms) to train on.
+        val_mixture: held-out conversations for the validation loss.
+        epochs: passes over the mixture when max_steps is 0 (then it must be positive).
+        overflow: a conversation longer than the context is dropped or truncated.
+        device_batch_size: conversations per forward pass, padded to the longest.
+        warmdown_ratio: linear decay to final_lr_frac (0) over this share of the stage.
+        matrix_lr: peak learning rate of the matrix parameters (half of pretraining's).
+        embedding_lr: peak learning rate of the token embedding.
+        unembedding_lr: peak learning rate of the output head.
+        scalar_lr: peak learning rate of scalar parameters.
+        eval_every: validation every N steps (and at the end).
+        eval_conversations: held-out conversations per validation (over all ranks).
+        sample_tokens: tokens generated per sample.
+    """
+
+    mixture: str = "identity:4,arithmetic:0.1,demo-chat:0.2"
     val_mixture: str = "identity,arithmetic:0.02"
-    epochs: float = 1.0  # passes over the mixture when max_steps is 0
-    overflow: str = "drop"  # a conversation longer than the context: "drop" or "truncate"
-    device_batch_size: int = 4  # conversations per forward pass, padded to the longest
-    warmdown_ratio: float = 1.0  # linear decay to final_lr_frac (0) over the whole stage
-    matrix_lr: float = 0.01  # half of pretraining's rates, decaying to zero
-    embedding_lr: float = 0.1
-    unembedding_lr: float = 0.002
-    scalar_lr: float = 0.25
-    eval_every: int = 50
-    eval_conversations: int = 256  # held-out conversations per validation (over all ranks)
-    sample_tokens: int = 48
+    epochs: float = option(1.0, ge=0)
+    overflow: str = option("drop", choices=("drop", "truncate"))
+    device_batch_size: int = option(4, ge=1)
+    warmdown_ratio: float = option(1.0, ge=0, le=1)
+    matrix_lr: float = option(0.01, ge=0)
+    embedding_lr: float = option(0.1, ge=0)
+    unembedding_lr: float = option(0.002, ge=0)
+    scalar_lr: float = option(0.25, ge=0)
+    eval_every: int = option(50, ge=1)
+    eval_conversations: int = option(256, ge=1)
+    sample_tokens: int = option(48, ge=0)

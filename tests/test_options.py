@@ -385,10 +385,9 @@ def test_validate_plan_checks_third_party_options_and_presets() -> None:
         validate_plan(plan_run(reg, ["tp"], "ok", preset="tp-bad"))
     with pytest.raises(UsageError, match="invalid run name"):
         validate_plan(plan_run(reg, ["tp"], "bad name"))
-    # A bad default is no override: only the final check of the plan sees it.
-    plan = plan_run(reg, ["bad-default"], "ok")
+    # A bad default is no override: only the final check of the plan (in plan_run) sees it.
     with pytest.raises(UsageError, match=r"option bad-default\.size=0 is out of range"):
-        validate_plan(plan)
+        plan_run(reg, ["bad-default"], "ok")
     validate_plan(plan_run(reg, ["bad-default"], "ok", overrides=["bad-default.size=2"]))
     with pytest.raises(UsageError, match=r"option model\.depth=0 is out of range"):
         validate_plan(plan_run(reg, ["tp"], "ok", overrides=["model.depth=0"]))

@@ -15,13 +15,15 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from nanochat.core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors are imported inside the functions that need them, so that finding
+# checkpoints and reading their metadata (a re-run of a finished run) stays torch-free.
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -66,6 +68,8 @@ def read_json(path: Path, what: str) -> Any:
 
 def save_tensor_file(obj: Any, path: Path) -> None:
     """``torch.save`` a structure of tensors and plain values (loadable with weights_only)."""
+    import torch
+
     torch.save(obj, path)
 
 
@@ -75,6 +79,8 @@ def load_tensor_file(path: Path) -> Any:
     Raises:
         CheckpointError: the file is missing, corrupt, or carries objects that are not data.
     """
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -98,6 +104,9 @@ class Checkpoint:
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The model's tensors (CPU)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         try:
             return load_file(str(self.path / MODEL_FILE), device="cpu")
         except FileNotFoundError:
@@ -155,6 +164,8 @@ class CheckpointManager:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
+        from safetensors.torch import save_file
+
         try:
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
             save_file(tensors, str(tmp / MODEL_FILE))
@@ -213,6 +224,8 @@ class CheckpointManager:
 
 def rng_state() -> dict[str, Any]:
     """The RNG states of torch (CPU and CUDA) as tensors, for exact resume."""
+    import torch
+
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -221,6 +234,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore RNG states saved by :func:`rng_state`."""
+    import torch
+
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

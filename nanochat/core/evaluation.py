@@ -16,6 +16,7 @@ import torch
 from nanochat.core.components import Tokenizer
 from nanochat.core.data import Dataset
 from nanochat.core.models import Model
+from nanochat.core.progress import Progress
 from nanochat.core.runtime import Runtime
 from nanochat.core.special_tokens import BOS
 
@@ -44,6 +45,7 @@ def evaluate_bpb(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     token_bytes: torch.Tensor,
     runtime: Runtime | None = None,
+    desc: str = "bits per byte",
 ) -> float:
     """Bits per byte of ``model`` on ``batches`` of ``(inputs, targets)``, summed over ranks.
 
@@ -52,12 +54,16 @@ def evaluate_bpb(
     """
     total_loss = torch.zeros((), dtype=torch.float64)
     total_bytes = torch.zeros((), dtype=torch.float64)
-    for inputs, targets in batches:
-        with runtime.autocast() if runtime is not None else contextlib.nullcontext():
-            loss = model(inputs, targets, loss_reduction="none")
-        loss_sum, byte_sum = bpb_sums(loss, targets, token_bytes)
-        total_loss += loss_sum.cpu()
-        total_bytes += byte_sum.cpu()
+    batches = list(batches)
+    main = runtime is None or runtime.is_main
+    with Progress(len(batches), desc, "batches", enabled=main) as bar:
+        for inputs, targets in batches:
+            with runtime.autocast() if runtime is not None else contextlib.nullcontext():
+                loss = model(inputs, targets, loss_reduction="none")
+            loss_sum, byte_sum = bpb_sums(loss, targets, token_bytes)
+            total_loss += loss_sum.cpu()
+            total_bytes += byte_sum.cpu()
+            bar.update(1)
     if runtime is not None and runtime.distributed:
         pair = torch.stack([total_loss, total_bytes]).to(runtime.device)
         runtime.all_reduce_sum(pair)

@@ -17,7 +17,7 @@ from nanochat.core.context import RunContext
 from nanochat.core.errors import UsageError
 from nanochat.core.plan import RunPlan, StageEntry
 from nanochat.core.registry import Registry, create_component
-from nanochat.core.rundir import DONE_FILE, append_run_record, now, run_directory
+from nanochat.core.rundir import DONE_FILE, RunLock, append_run_record, now, run_directory
 
 if TYPE_CHECKING:
     from nanochat.core.metrics import Metrics
@@ -49,14 +49,16 @@ def _scored_checkpoint(ctx: RunContext) -> str | None:
         return None
 
 
-def _is_finished(ctx: RunContext, entry: StageEntry, requires_model: bool) -> bool:
+def _is_finished(ctx: RunContext, entry: StageEntry) -> bool:
+    """Whether ``entry`` finished already: ``done.json`` exists and, for an evaluator that
+    scored a model, that model is still the run's newest (else it runs again)."""
     done_path = ctx.run_dir / entry.scope / DONE_FILE
     if not done_path.is_file():
         return False
-    if entry.kind == "eval" and requires_model:
-        done = read_json(done_path, "stage record")
-        return bool(done.get("checkpoint") == _scored_checkpoint(ctx))
-    return True
+    if entry.kind != "eval":
+        return True
+    scored = read_json(done_path, "stage record").get("checkpoint")
+    return scored is None or bool(scored == _scored_checkpoint(ctx))
 
 
 def run_pipeline(
@@ -67,31 +69,37 @@ def run_pipeline(
     ``runtime`` is created lazily by the first stage that asks for it.
     """
     run_dir = run_directory(plan.run_name)
-    description = plan.describe(registry)
     main = runtime is None or runtime.is_main
+    lock = RunLock(run_dir, "nanochat run " + " ".join(e.label for e in plan.stages))
     if main:
-        append_run_record(run_dir, description)
-    if runtime is not None:
-        runtime.barrier()
-    metrics = open_metrics(plan, registry, main)
-    results: dict[str, dict[str, Any]] = {}
+        lock.acquire()
     try:
-        metrics.start(run_dir, description)
-        for entry in plan.stages:
-            ctx = RunContext(plan, registry, run_dir, entry, metrics, runtime)
-            results[entry.scope] = _run_stage(ctx, entry, registry)
-            runtime = ctx.runtime_if_created or runtime
+        description = plan.describe(registry)
+        if main:
+            append_run_record(run_dir, description)
+        if runtime is not None:
+            runtime.barrier()
+        metrics = open_metrics(plan, registry, main)
+        results: dict[str, dict[str, Any]] = {}
+        try:
+            metrics.start(run_dir, description)
+            for index, entry in enumerate(plan.stages, start=1):
+                ctx = RunContext(plan, registry, run_dir, entry, metrics, runtime)
+                position = (index, len(plan.stages))
+                results[entry.scope] = _run_stage(ctx, entry, registry, position)
+                runtime = ctx.runtime_if_created or runtime
+        finally:
+            metrics.finish()
     finally:
-        metrics.finish()
+        lock.release()
     return results
 
 
-def _run_stage(ctx: RunContext, entry: StageEntry, registry: Registry) -> dict[str, Any]:
+def _run_stage(
+    ctx: RunContext, entry: StageEntry, registry: Registry, position: tuple[int, int]
+) -> dict[str, Any]:
     done_path = ctx.run_dir / entry.scope / DONE_FILE
-    requires_model = entry.kind == "eval" and bool(
-        getattr(entry.resolved.spec.load_factory(), "requires_model", True)
-    )
-    finished = _is_finished(ctx, entry, requires_model)
+    finished = _is_finished(ctx, entry)
     runtime = ctx.runtime_if_created
     if runtime is not None:
         # every rank decided from the same files; nobody writes before all have looked
@@ -108,9 +116,8 @@ def _run_stage(ctx: RunContext, entry: StageEntry, registry: Registry) -> dict[s
         result: dict[str, Any] = done.get("result", {})
         return result
     registry.call_isolated("nanochat_stage_start", run=ctx, stage=entry.scope)
-    ctx.log(event="start")
-    scored = _scored_checkpoint(ctx) if requires_model else None
-    result = _run_entry(ctx) or {}
+    ctx.log(event="start", index=position[0], count=position[1])
+    result, scored = _run_entry(ctx)
     runtime = ctx.runtime_if_created
     if runtime is None or runtime.is_main:
         (ctx.run_dir / entry.scope).mkdir(parents=True, exist_ok=True)
@@ -136,15 +143,19 @@ def _scalars(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if isinstance(v, int | float | str | bool)}
 
 
-def _run_entry(ctx: RunContext) -> dict[str, Any]:
+def _run_entry(ctx: RunContext) -> tuple[dict[str, Any], str | None]:
+    """Run the stage or evaluator; return its result and the checkpoint it scored (if any)."""
     component = create_component(ctx.entry.resolved, ctx.options)
     if ctx.entry.kind == "stage":
-        result: dict[str, Any] = component.run(ctx)
-        return result
-    model = ctx.newest_model() if getattr(component, "requires_model", True) else None
+        result: dict[str, Any] = component.run(ctx) or {}
+        return result, None
+    model, scored = None, None
+    if getattr(component, "requires_model", True):
+        checkpoint = ctx.newest_model_checkpoint()
+        model, scored = ctx.load_model(checkpoint), str(checkpoint.path)
     metrics = component.evaluate(ctx, model)
     ctx.log(**metrics)
-    return dict(metrics)
+    return dict(metrics), scored
 
 
 def run_eval(plan: RunPlan, registry: Registry, runtime: Runtime | None = None) -> dict[str, Any]:
@@ -161,6 +172,6 @@ def run_eval(plan: RunPlan, registry: Registry, runtime: Runtime | None = None) 
     try:
         metrics.start(run_dir, plan.describe(registry))
         ctx = RunContext(plan, registry, run_dir, plan.stages[0], metrics, runtime)
-        return _run_entry(ctx)
+        return _run_entry(ctx)[0]
     finally:
         metrics.finish()

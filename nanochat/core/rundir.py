@@ -9,6 +9,7 @@ commands chose (the preset, the model and tokenizer plugins) stays unless a comm
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any
 
 from nanochat.core.checkpoint import read_json, write_json_atomic
 from nanochat.core.config import check_run_name
-from nanochat.core.errors import UsageError
+from nanochat.core.errors import RunLockedError, UsageError
+
+logger = logging.getLogger(__name__)
 
 DONE_FILE = "done.json"
 PIPELINE_FILE = "pipeline.json"
@@ -108,3 +111,91 @@ def append_run_record(run_dir: Path, command: dict[str, Any]) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / PIPELINE_FILE, record)
     return record
+
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """One writer per run: an exclusive ``flock`` on ``<run>/.lock``, which says who holds it.
+
+    The kernel drops the lock when its holder dies (even by SIGKILL), so a lock left by a dead
+    process is stale and the next command takes it over. Under torchrun only rank 0 locks; the
+    other ranks are the same run.
+
+    Args:
+        run_dir: the run's folder (created if needed).
+        command: what the holder is doing, for the message a second process prints.
+    """
+
+    def __init__(self, run_dir: Path, command: str = "") -> None:
+        self.path = run_dir / LOCK_FILE
+        self.command = command
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or fail at once.
+
+        Raises:
+            RunLockedError: another live process holds it (the message names it).
+        """
+        import fcntl
+        import json
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            run = self.path.parent.name
+            raise RunLockedError(
+                f"run {run!r} is in use by {holder}; wait for it to finish, stop it, or use "
+                "another --run"
+            ) from None
+        stale = _read_holder(fd) if os.fstat(fd).st_size else None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": now(),
+            "command": self.command,
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self._fd = fd
+        if stale:
+            logger.info("took over the stale lock of run %s (was %s)", self.path.parent, stale)
+
+    def release(self) -> None:
+        """Give the lock back (the file stays; an unlocked file is free)."""
+        if self._fd is None:
+            return
+        import fcntl
+
+        os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    """``pid N on host H since T (command)`` from a lock file's contents."""
+    import json
+
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, OSError):
+        return "another process"
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another process"
+    text = f"pid {info['pid']} on host {info.get('host', '?')} since {info.get('since', '?')}"
+    return text + (f" ({info['command']})" if info.get("command") else "")

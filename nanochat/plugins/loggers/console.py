@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nanochat.core.progress import is_showing, write_line
 from nanochat.plugins.loggers.options import ConsoleOptions
 
 _SKIP = {"time", "stage", "step", "event"}
@@ -40,11 +41,20 @@ class ConsoleLogger:
         self._write(f"run {run_name!r} in {run_dir}")
 
     def log(self, record: dict[str, Any]) -> None:
-        """Print the record (every ``options.every``-th one of those with a step)."""
+        """Print the record (every ``options.every``-th one of those with a step).
+
+        Per-step records of a stage whose progress is on screen are left to the progress
+        display (they are all in metrics.jsonl), so no step is printed twice.
+        """
         if "step" in record and "event" not in record:
+            if is_showing(str(record.get("stage"))):
+                return
             self._count += 1
             if (self._count - 1) % max(1, self.options.every):
                 return
+        if record.get("event") == "start" and "index" in record:
+            self._write(f"[{record.get('stage')}] stage {record['index']}/{record['count']}")
+            return
         self._write(format_record(record))
 
     def finish(self) -> None:
@@ -52,6 +62,4 @@ class ConsoleLogger:
 
     @staticmethod
     def _write(line: str) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(line)
+        write_line(line)

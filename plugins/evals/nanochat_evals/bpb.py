@@ -38,6 +38,6 @@ class BitsPerByte:
             rt.world_size,
         )
         token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.long, device=rt.device)
-        bpb = evaluate_bpb(model, batches, token_bytes, rt)
+        bpb = evaluate_bpb(model, batches, token_bytes, rt, "eval bpb")
         tokens = sum(targets.numel() for _, targets in batches) * rt.world_size
         return {"bpb": bpb, "tokens": float(tokens)}

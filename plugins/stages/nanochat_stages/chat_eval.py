@@ -13,6 +13,7 @@ from nanochat.core.conversation import (
 )
 from nanochat.core.data import Conversation
 from nanochat.core.generation import generate_tokens
+from nanochat.core.progress import Progress
 from nanochat.core.special_tokens import ASSISTANT_END
 from nanochat_stages.chat_batches import pad_rows
 
@@ -52,16 +53,21 @@ def chat_eval_batches(
 
 @torch.no_grad()
 def evaluate_chat_loss(
-    model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], runtime: Any
+    model: torch.nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    runtime: Any,
+    desc: str = "chat eval",
 ) -> float:
     """Mean cross-entropy (nats) per loss-carrying target, over every rank's batches."""
     sums = torch.zeros(2, dtype=torch.float32, device=runtime.device)
-    for inputs, targets in batches:
-        inputs, targets = inputs.to(runtime.device), targets.to(runtime.device)
-        with runtime.autocast():
-            loss = model(inputs, targets, loss_reduction="sum")
-        sums[0] += loss.float()
-        sums[1] += (targets >= 0).sum()
+    with Progress(len(batches), desc, "batches", enabled=runtime.is_main) as bar:
+        for inputs, targets in batches:
+            inputs, targets = inputs.to(runtime.device), targets.to(runtime.device)
+            with runtime.autocast():
+                loss = model(inputs, targets, loss_reduction="sum")
+            sums[0] += loss.float()
+            sums[1] += (targets >= 0).sum()
+            bar.update(1)
     runtime.all_reduce_sum(sums)
     return float(sums[0].item() / max(1.0, sums[1].item()))
 

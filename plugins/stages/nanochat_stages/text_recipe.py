@@ -105,7 +105,10 @@ class TextRecipe:
 
     def evaluate(self, loop: Any) -> dict[str, float]:
         """Validation bits per byte."""
-        return {"val_bpb": evaluate_bpb(loop.model, self.val_batches, self.token_bytes, loop.rt)}
+        bpb = evaluate_bpb(
+            loop.model, self.val_batches, self.token_bytes, loop.rt, f"{loop.ctx.stage_name} eval"
+        )
+        return {"val_bpb": bpb}
 
     def samples(self, loop: Any) -> list[str]:
         """Greedy continuations of a few fixed prompts."""

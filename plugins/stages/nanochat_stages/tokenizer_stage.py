@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from nanochat.core.data_refs import open_dataset
+from nanochat.core.progress import Progress
 from nanochat.core.special_tokens import SPECIAL_TOKENS
 from nanochat_stages.options import TokenizerStageOptions
 
@@ -52,22 +53,18 @@ class TokenizerStage:
 
     def run(self, ctx: Any) -> dict[str, Any]:
         """Train, save into the run's tokenizer folder, log time and bytes per token."""
-        from tqdm import tqdm
-
         runtime = ctx.runtime
         result: dict[str, Any] = {}
         if runtime.is_main:
             opts = self.options
             dataset = open_dataset(opts.dataset, ctx.registry, kind="text")
             factory = ctx.tokenizer_factory()
-            bar = tqdm(
-                total=opts.vocab_size, desc="tokenizer merges", unit="merge", dynamic_ncols=True
-            )
+            bar = Progress(opts.vocab_size, "tokenizer", "ids learned", owner=ctx.stage_name)
 
             def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
+                if total != bar.total:
+                    bar.set_total(total)
+                bar.set_done(done)
 
             started = time.perf_counter()
             texts = capped_texts(

@@ -17,15 +17,20 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from nanochat.core.checkpoint import Checkpoint, CheckpointManager, rng_state, set_rng_state
 from nanochat.core.components import RunContext
-from nanochat.core.errors import StageError, UsageError
+from nanochat.core.errors import CheckpointError, StageError, UsageError
 from nanochat.core.hardware import device_peak_flops, raise_cpu_peak
 from nanochat.core.hardware import mfu as model_flops_utilisation
-from nanochat.core.models import Model, OptimizerSettings
+from nanochat.core.models import Model, ModelFactory, OptimizerSettings
+from nanochat.core.progress import Progress
 from nanochat.core.runtime import seed_everything
+from nanochat_stages.resume_checks import (
+    check_model_options,
+    check_vocabulary,
+    corrupt_checkpoint_message,
+)
 from nanochat_stages.schedule import lr_multiplier
 
 
@@ -101,6 +106,11 @@ def raise_cpu_peak_if_exceeded(peak: float, achieved_flops: float) -> float:
     return raise_cpu_peak(achieved_flops) if achieved_flops > peak else peak
 
 
+def _same_model(now: dict[str, Any], saved: Any) -> bool:
+    """Whether a checkpoint's model record names the run's model plugin (old ones name none)."""
+    return not isinstance(saved, dict) or saved.get("qualified_name") == now["qualified_name"]
+
+
 def gather_objects(runtime: Any, obj: Any) -> list[Any]:
     """Every rank's ``obj`` (a one-element list in a single process)."""
     if not runtime.distributed:
@@ -137,7 +147,10 @@ class TrainingLoop:
 
     def _starting_point(self) -> tuple[Checkpoint | None, bool]:
         """The checkpoint to start from and whether it is this stage's own (a resume)."""
-        own = self.manager.latest()
+        try:
+            own = self.manager.latest()
+        except CheckpointError as exc:
+            raise StageError(corrupt_checkpoint_message(self.manager, exc)) from None
         if own is not None:
             return own, True
         for stage in self.recipe.init_from:
@@ -161,6 +174,29 @@ class TrainingLoop:
         self.init_source = None if start is None or resuming else start
         factory = ctx.model_factory(start)
         if start is not None:
+            check_vocabulary(start, self.tokenizer.vocab_size, ctx.run_name)
+            if resuming and _same_model(ctx.model_record()["model"], start.meta.get("model")):
+                config_now = factory.config(self.tokenizer.vocab_size)
+                check_model_options(start, config_now, ctx.stage_name, ctx.stage_dir)
+        try:
+            self._load(factory, start)
+        except CheckpointError as exc:
+            if not resuming:
+                raise
+            raise StageError(corrupt_checkpoint_message(self.manager, exc)) from None
+        self.train_model: Any = self.model
+        if o.compile and rt.device_type == "cuda":
+            self.train_model = torch.compile(self.model)
+        if rt.distributed:
+            device_ids = [rt.device.index] if rt.device_type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.train_model, device_ids=device_ids
+            )
+
+    def _load(self, factory: ModelFactory, start: Checkpoint | None) -> None:
+        """The model (from ``start`` or new), its optimizers, and their state on a resume."""
+        o, rt, ctx = self.o, self.rt, self.ctx
+        if start is not None:
             model = ctx.load_model(start)
             self.config = start.meta["model_config"]
             self.model_record = {k: start.meta.get(k) for k in ("model", "tokenizer")}
@@ -168,6 +204,7 @@ class TrainingLoop:
             self.config = factory.config(self.tokenizer.vocab_size)
             model = factory.build(self.config)
             self.model_record = ctx.model_record()
+        self.model_record["tokenizer_vocab_size"] = self.tokenizer.vocab_size
         model = model.to(rt.device)
         self.model: Model = model
         self.optimizers = factory.optimizers(
@@ -185,17 +222,9 @@ class TrainingLoop:
             saved = self.latest.optimizer_state()
             if saved is None:
                 raise StageError(f"checkpoint {self.latest.path} has no optimizer state to resume")
-            states = saved["optimizers"]
-            for optimizer, state in zip(self.optimizers, states, strict=True):
+            for optimizer, state in zip(self.optimizers, saved["optimizers"], strict=True):
                 optimizer.load_state_dict(state)
-        self.train_model: Any = model
-        if o.compile and rt.device_type == "cuda":
-            self.train_model = torch.compile(model)
-        if rt.distributed:
-            device_ids = [rt.device.index] if rt.device_type == "cuda" else None
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.train_model, device_ids=device_ids
-            )
+            self.latest.loop_state()  # read now: a corrupt file is reported before training
 
     def _data(self) -> None:
         self.seq_len = int(self.model.sequence_len)
@@ -307,14 +336,7 @@ class TrainingLoop:
                 ctx.log(event="base_eval", **base)
         else:
             ctx.log(event="resume", step=start)
-        bar = tqdm(
-            total=total_steps,
-            initial=start,
-            desc=name,
-            unit="step",
-            disable=not rt.is_main,
-            dynamic_ncols=True,
-        )
+        bar = Progress(total_steps, name, "steps", initial=start, enabled=rt.is_main, owner=name)
         began = time.perf_counter()
         step = start - 1
         for step in range(start, total_steps):
@@ -338,10 +360,9 @@ class TrainingLoop:
             if rt.device_type == "cpu":
                 peak = raise_cpu_peak_if_exceeded(peak, flops_per_token * tok_per_s / rt.world_size)
             mfu = model_flops_utilisation(flops_per_token, tok_per_s, peak, rt.world_size)
-            bar.set_postfix(
-                loss=f"{loss_value:.3f}", tok_s=f"{tok_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%"
+            bar.update(
+                1, loss=round(loss_value, 4), tok_s=round(tok_per_s), mfu=f"{100 * mfu:.1f}%"
             )
-            bar.update(1)
             record: dict[str, Any] = {
                 "step": step,
                 "loss": loss_value,
@@ -353,13 +374,16 @@ class TrainingLoop:
             }
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
+            eval_record: dict[str, Any] = {}
             last = step == total_steps - 1
             out_of_time = o.time_budget_s > 0 and time.perf_counter() - began >= o.time_budget_s
             if (step + 1) % max(1, o.eval_every) == 0 or last or out_of_time:
                 evaluated = self._evaluate()
                 metrics.update(evaluated)
-                record.update(evaluated)
+                eval_record = {"event": "eval", "step": step, **evaluated}
             ctx.log(**record)
+            if eval_record:
+                ctx.log(**eval_record)
             if o.sample_every > 0 and (step + 1) % o.sample_every == 0 and rt.is_main:
                 for text in self._samples():
                     ctx.log(event="sample", step=step, text=text)

@@ -1,0 +1,146 @@
+"""Background tokenizing and packing: errors reach the training thread, threads stop, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from nanochat_stages.background import BackgroundWorker
+from nanochat_stages.text_recipe import TextBatches
+from nanochat_stages.token_stream import TokenStream
+
+from nanochat.core.data import DataError, ShardedDataset
+from nanochat.core.registry import get_registry
+from nanochat.testing.tokenizer_contract import train_small
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return train_small(get_registry().create("tokenizer", "rustbpe"))
+
+
+class Breaks(ShardedDataset):
+    """Units of documents; reading unit ``broken`` fails (``None``: never)."""
+
+    name = "breaks"
+
+    def __init__(self, units: int, per_unit: int, broken: int | None):
+        self.count, self.per_unit, self.broken = units, per_unit, broken
+
+    def units(self, split: str) -> list[int]:
+        return list(range(self.count))
+
+    def read_unit(self, split: str, unit: int) -> list[str]:
+        if unit == self.broken:
+            raise DataError(f"unit {unit} is corrupt")
+        return [f"document {unit}-{i} " + "text " * (i % 7) for i in range(self.per_unit)]
+
+
+def _background_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(("tokenize-", "pack-"))]
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_an_error_mid_stream_reaches_the_consumer_and_stops_the_thread(
+    tokenizer: Any, attempt: int
+) -> None:
+    stream = TokenStream(
+        Breaks(6, 10, broken=3), tokenizer, shuffle=False, encode_batch_size=5, seed=attempt
+    )
+    taken = 0
+    with pytest.raises(DataError, match="unit 3 is corrupt"):
+        while True:
+            stream.next_doc()
+            taken += 1
+    assert taken == 30  # units 0..2 came through before the bad one
+    assert not stream._worker.alive
+    assert not _background_threads()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_dataset_too_small_fails_cleanly_through_the_packer(tokenizer: Any, attempt: int) -> None:
+    stream = TokenStream(Breaks(2, 0, broken=None), tokenizer, seed=attempt)
+    batches = TextBatches(stream, rows=2, row_len=33, buffer=4)
+    with pytest.raises(DataError, match="has no documents"):
+        batches.next_batch()
+    batches.close()
+    assert not _background_threads()
+
+
+def test_background_worker_hands_back_any_exception_and_stops() -> None:
+    def produce() -> Any:
+        yield 1
+        yield 2
+        raise ValueError("boom at item 3")
+
+    worker = BackgroundWorker(produce, name="tokenize-test")
+    assert [worker.get(), worker.get()] == [1, 2]
+    with pytest.raises(ValueError, match="boom at item 3"):
+        worker.get()
+    assert not worker.alive
+    with pytest.raises(StopIteration):
+        worker.get()
+
+
+def test_packed_text_batches_resume_exactly(tokenizer: Any) -> None:
+    dataset = Breaks(5, 40, broken=None)
+
+    def batches(state: Any = None) -> TextBatches:
+        stream = TokenStream(dataset, tokenizer, state=state["stream"] if state else None)
+        return TextBatches(stream, rows=3, row_len=17, buffer=8, state=state)
+
+    straight = batches()
+    expected = [straight.next_batch() for _ in range(12)]
+    straight.close()
+    first = batches()
+    got = [first.next_batch() for _ in range(5)]
+    saved = first.state()
+    first.close()
+    second = batches(saved)
+    got += [second.next_batch() for _ in range(7)]
+    second.close()
+    for (x, y), (gx, gy) in zip(expected, got, strict=True):
+        assert torch.equal(x, gx) and torch.equal(y, gy)
+        assert x.is_contiguous() and torch.equal(x[:, 1:], y[:, :-1])
+
+
+SCRIPT = """
+    from nanochat.core.data import DataError, ShardedDataset
+    from nanochat.core.registry import get_registry
+    from nanochat.testing.tokenizer_contract import train_small
+    from nanochat_stages.text_recipe import TextBatches
+    from nanochat_stages.token_stream import TokenStream
+
+    class Endless(ShardedDataset):
+        name = "endless"
+        def units(self, split):
+            return list(range(1000))
+        def read_unit(self, split, unit):
+            return ["word " * 200 + str(unit)] * 64
+
+    tokenizer = train_small(get_registry().create("tokenizer", "rustbpe"))
+    stream = TokenStream(Endless(), tokenizer, encode_batch_size=16)
+    batches = TextBatches(stream, rows=2, row_len=65, buffer=8)
+    batches.next_batch()
+    raise DataError("the training thread fails while the tokenizer thread is busy")
+"""
+
+
+def test_a_failing_run_exits_with_its_error_not_an_abort(tmp_path: Path) -> None:
+    """The process used to die with ``FATAL: exception not rethrown`` (SIGABRT) about half the
+    time: a daemon thread was cut off inside the Rust tokenizer as Python shut down."""
+    script = tmp_path / "fail.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    for _ in range(5):
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "FATAL" not in result.stderr
+        assert "the training thread fails while the tokenizer thread is busy" in result.stderr

@@ -57,10 +57,15 @@ def test_validate_conversation() -> None:
         [{"role": "user", "content": [{"type": "text", "text": "parts are for assistants"}]}],
         [{"role": "assistant", "content": [{"type": "image", "text": "x"}]}],
         [{"role": "bot", "content": "x"}],
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "no reply"}],
     ]
     for conversation in bad:
-        with pytest.raises(DataError):
+        with pytest.raises(DataError, match="^here: "):
             validate_conversation(conversation, "here")
+    with pytest.raises(DataError, match="here: the conversation has no assistant message"):
+        validate_conversation([{"role": "user", "content": "u"}], "here")
+    prompt = [{"role": "user", "content": "u"}]
+    assert validate_conversation(prompt, "here", require_assistant=False) is prompt
 
 
 class Units(ShardedDataset):
@@ -97,8 +102,14 @@ def test_splits_and_aliases() -> None:
     ds = Small()
     assert [i for i, _ in ds.iter("val")] == [4]
     assert take(ds.iter("train", shuffle=False), 2) == [1, 2]
-    with pytest.raises(DataError, match="unknown split"):
+    with pytest.raises(DataError, match="small has no 'dev' split; its splits are: train, test"):
         list(ds.iter("dev"))
+
+    class TrainVal(Small):
+        split_names = ("train", "val")
+
+    with pytest.raises(DataError, match="small has no 'test' split; its splits are: train, val"):
+        list(TrainVal().iter("test"))  # validation data is never passed off as test data
 
 
 def test_problem_defaults() -> None:

@@ -48,12 +48,14 @@ def _content(raw: Any, role: str, where: str) -> Any:
     raise DataError(f"{where}: message content must be a string or a list of parts")
 
 
-def to_messages(raw: Any, where: str) -> Conversation:
+def to_messages(raw: Any, where: str, require_assistant: bool = True) -> Conversation:
     """Convert OpenAI-style or ShareGPT-style messages to the chat schema.
 
     Args:
         raw: a list of ``{"role", "content"}`` or ``{"from", "value"}`` dicts.
         where: the file and line, for errors.
+        require_assistant: reject a conversation without an assistant message (``False`` for
+            the prompt of a preference pair).
 
     Raises:
         DataError: not a list of messages, or an unknown role.
@@ -72,7 +74,7 @@ def to_messages(raw: Any, where: str) -> Conversation:
         else:
             role = str(item.get("role"))
             messages.append({"role": role, "content": _content(item.get("content"), role, where)})
-    return validate_conversation(messages, where)
+    return validate_conversation(messages, where, require_assistant)
 
 
 def record_conversation(record: dict[str, Any], where: str) -> Conversation:
@@ -143,7 +145,7 @@ class PreferencesJsonl(JsonlDataset):
         if isinstance(raw_prompt, str):
             prompt: Conversation = [{"role": "user", "content": raw_prompt}]
         else:
-            prompt = to_messages(raw_prompt, where)
+            prompt = to_messages(raw_prompt, where, require_assistant=False)
         chosen = _reply(record["chosen"], prompt, where)
         rejected = _reply(record["rejected"], prompt, where)
         return Preference(prompt=prompt, chosen=chosen, rejected=rejected)

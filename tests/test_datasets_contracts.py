@@ -35,7 +35,11 @@ def test_parse_ref() -> None:
     assert parse_ref("nanochat-datasets/gsm8k:2") == [
         DatasetTerm("nanochat-datasets/gsm8k", epochs=2.0)
     ]
-    for bad in ("", "a:1,b:/path", ":3", "a:-1,b:1"):
+    assert parse_ref("text-files:/a/x.jsonl:1,text-files:/b:c/*.txt:0.5") == [
+        DatasetTerm("text-files", path="/a/x.jsonl", epochs=1.0),
+        DatasetTerm("text-files", path="/b:c/*.txt", epochs=0.5),
+    ]
+    for bad in ("", "a:1,b:/path", ":3", "a:-1,b:1", "a:1,b:/p:-2"):
         with pytest.raises(DataError):
             parse_ref(bad)
 

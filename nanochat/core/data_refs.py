@@ -1,7 +1,8 @@
 """Dataset references: ``fineweb``, ``text-files:/data/*.txt``, ``smoltalk:1,gsm8k:4``.
 
 A reference is one dataset name (short or ``plugin/name``), optionally followed by ``:PATH`` for
-datasets that read files, or a comma-separated mixture of ``name:EPOCHS`` terms. In a mixture
+datasets that read files, or a comma-separated mixture of ``name:EPOCHS`` (or
+``name:PATH:EPOCHS``) terms. In a mixture
 ``EPOCHS`` is how many passes over that dataset go into one pass over the mixture (``0.5`` takes a
 seeded half, ``4`` repeats it four times); the mixed items are shuffled by the iteration seed, so
 the order is deterministic. A ``problems`` dataset joins a ``chat`` mixture as its prompts with
@@ -68,11 +69,17 @@ def parse_ref(ref: str) -> list[DatasetTerm]:
         if not name:
             raise DataError(f"dataset reference {ref!r} has a term without a name")
         weight = _number(arg) if sep else None
-        if len(pieces) > 1 and sep and weight is None:
-            raise DataError(f"mixture term {piece!r} needs a number of epochs (name:EPOCHS)")
+        path = arg if sep and weight is None else None
+        if len(pieces) > 1 and path is not None:
+            path, _, last = path.rpartition(":")
+            weight = _number(last) if path else None
+            if weight is None:
+                raise DataError(
+                    f"mixture term {piece!r} needs a number of epochs (name:EPOCHS or "
+                    "name:PATH:EPOCHS)"
+                )
         if weight is not None and weight < 0:
             raise DataError(f"mixture term {piece!r} has a negative weight")
-        path = arg if sep and weight is None else None
         terms.append(DatasetTerm(name, path=path, epochs=weight))
     return terms
 

@@ -144,3 +144,34 @@ def test_a_failing_run_exits_with_its_error_not_an_abort(tmp_path: Path) -> None
         assert result.returncode == 1, result.stderr[-2000:]
         assert "FATAL" not in result.stderr
         assert "the training thread fails while the tokenizer thread is busy" in result.stderr
+
+
+def test_an_empty_validation_split_is_an_error_not_zero_bytes_per_token(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    texts = tmp_path / "three.txt"
+    texts.write_text("one document\n\nanother document\n\na third one\n", encoding="utf-8")
+    result = run_cli(
+        [
+            "run",
+            "tokenizer",
+            "--run",
+            "t",
+            "-o",
+            f"tokenizer.dataset=text-files:{texts}",
+            "-o",
+            "tokenizer.vocab_size=300",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "the validation split is empty" in result.stderr
+    assert not (tmp_path / "runs" / "t" / "tokenizer" / "tokenizer.json.meta").exists()
+
+
+def test_bits_per_byte_of_a_too_small_split_is_a_data_error(tokenizer: Any) -> None:
+    from nanochat.core.evaluation import text_eval_batches
+
+    with pytest.raises(DataError, match="breaks: the 'val' split has fewer than 65 tokens"):
+        text_eval_batches(Breaks(1, 0, broken=None), tokenizer, 64, 2, 1024, split="val")

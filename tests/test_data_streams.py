@@ -15,7 +15,7 @@ from nanochat_stages.background import BackgroundWorker
 from nanochat_stages.text_recipe import TextBatches
 from nanochat_stages.token_stream import TokenStream
 
-from nanochat.core.data import DataError, ShardedDataset
+from nanochat.core.data import DataError, ListDataset, ShardedDataset
 from nanochat.core.registry import get_registry
 from nanochat.testing.tokenizer_contract import train_small
 
@@ -175,3 +175,50 @@ def test_bits_per_byte_of_a_too_small_split_is_a_data_error(tokenizer: Any) -> N
 
     with pytest.raises(DataError, match="breaks: the 'val' split has fewer than 65 tokens"):
         text_eval_batches(Breaks(1, 0, broken=None), tokenizer, 64, 2, 1024, split="val")
+
+
+class Conversations(ListDataset):
+    """Conversations of varied lengths, some with calculator parts."""
+
+    name = "conversations"
+    kind = "chat"
+
+    def load_split(self, split: str) -> list[Any]:
+        out = []
+        for i in range(600):
+            reply: Any = f"answer {i} " + "because " * (i % 37)
+            if i % 5 == 0:
+                reply = [
+                    {"type": "text", "text": f"we compute {i}*3 "},
+                    {"type": "python", "text": f"{i}*3"},
+                    {"type": "python_output", "text": str(i * 3)},
+                    {"type": "text", "text": " done"},
+                ]
+            question = f"question number {i}: " + "why " * (i % 23)
+            out.append(
+                [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+            )
+        return out
+
+
+def test_chat_step_counting_tokenizes_only_a_sample(tokenizer: Any, monkeypatch) -> None:
+    import nanochat_stages.chat_batches as cb
+
+    from nanochat.core.conversation import render_conversation
+
+    dataset = Conversations()
+    exact = sum(min(len(render_conversation(tokenizer, c)), 48) for c, _ in dataset.iter("train"))
+    rendered = 0
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal rendered
+        rendered += 1
+        return render_conversation(*args, **kwargs)
+
+    monkeypatch.setattr(cb, "render_conversation", counting)
+    assert cb.count_chat_tokens(dataset, tokenizer, 48, sample=1000) == (600, exact)
+    assert rendered == 600  # a split no larger than the sample is counted exactly
+    rendered = 0
+    count, estimate = cb.count_chat_tokens(dataset, tokenizer, 48, sample=100)
+    assert rendered == 100 and count == 600
+    assert abs(estimate - exact) < 0.05 * exact, (estimate, exact)

@@ -222,3 +222,15 @@ def test_chat_step_counting_tokenizes_only_a_sample(tokenizer: Any, monkeypatch)
     count, estimate = cb.count_chat_tokens(dataset, tokenizer, 48, sample=100)
     assert rendered == 100 and count == 600
     assert abs(estimate - exact) < 0.05 * exact, (estimate, exact)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_text_batches_arrive_pinned_for_non_blocking_copies(tokenizer: Any) -> None:
+    stream = TokenStream(Breaks(3, 40, broken=None), tokenizer)
+    batches = TextBatches(stream, rows=2, row_len=17, buffer=8, pin=True)
+    inputs, targets = batches.next_batch()
+    batches.close()
+    assert inputs.is_pinned() and targets.is_pinned()
+    on_device = inputs.to("cuda", non_blocking=True)
+    torch.cuda.synchronize()
+    assert torch.equal(on_device.cpu(), inputs)

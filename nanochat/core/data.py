@@ -311,7 +311,8 @@ class ShardedDataset:
         """Yield ``(item, cursor)`` for this rank's share of one pass over ``split``.
 
         Args:
-            split: ``train``, ``val`` or ``test`` (``val``/``test`` are aliases of each other).
+            split: ``train``, ``val`` or ``test`` (``val`` falls back to ``test``, never the
+                other way round; see :func:`resolve_split`).
             rank: this process's rank, ``0 <= rank < world_size``.
             world_size: number of processes; their streams are disjoint and cover the split.
             seed: shuffle seed (use ``seed + epoch`` for a new order per epoch).

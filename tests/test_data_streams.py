@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -234,3 +235,40 @@ def test_text_batches_arrive_pinned_for_non_blocking_copies(tokenizer: Any) -> N
     on_device = inputs.to("cuda", non_blocking=True)
     torch.cuda.synchronize()
     assert torch.equal(on_device.cpu(), inputs)
+
+
+def _short_validation_corpus(path: Path) -> Path:
+    """Long training documents, and held-out (val) documents too short for one eval row."""
+    from nanochat_datasets import files
+
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(400):
+            in_val = files.in_split(f"{path.name}@{f.tell()}", "val", 0.01)
+            text = f"tiny {i}" if in_val else f"document {i} " + "some words go here " * 400
+            f.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+def test_a_pretrain_run_that_fails_after_its_data_threads_start_exits_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Pretraining fails (validation split too small) after its tokenizing and packing threads
+    started: each run ends with the one-line error, exit 1, no traceback and no abort. (This
+    timing rarely caught the old abort; ``test_a_failing_run_exits_with_its_error_not_an_abort``
+    reproduces it reliably.)"""
+    from conftest import run_cli
+
+    corpus = _short_validation_corpus(tmp_path / "corpus.jsonl")
+    small = [
+        *("-o", f"tokenizer.dataset=text-files:{corpus}", "-o", "tokenizer.vocab_size=300"),
+        *("-o", "tokenizer.max_chars=200000", "-o", f"pretrain.dataset=text-files:{corpus}"),
+        *("-o", "model.depth=2", "-o", "model.head_dim=64", "-o", "model.sequence_len=64"),
+        *("-o", "pretrain.device_batch_size=4", "-o", "pretrain.max_steps=5"),
+    ]
+    result = run_cli(["run", "tokenizer", "--run", "r", *small], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for _ in range(3):
+        result = run_cli(["run", "pretrain", "--run", "r", *small], tmp_path)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "FATAL" not in result.stderr and "Traceback" not in result.stderr
+        assert "the 'val' split has fewer than 65 tokens" in result.stderr

@@ -86,7 +86,9 @@ def test_chat_jsonl_bad_lines_name_file_and_line(
     registry, tmp_path: Path, line: str, needle: str
 ) -> None:
     path = tmp_path / "bad.jsonl"
-    good = json.dumps({"messages": [{"role": "user", "content": "ok"}]})
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "ok"}]}
+    )
     path.write_text(f"{good}\n\n{line}\n", encoding="utf-8")
     with pytest.raises(DataError) as exc:
         _everything(open_dataset(f"chat-jsonl:{path}", registry))
@@ -185,10 +187,13 @@ def test_problems_join_a_chat_mixture_as_conversations(registry, monkeypatch) ->
     hub.hub_reachable.cache_clear()
     ds = open_dataset("identity:1,gsm8k:0.01", registry)
     assert ds.kind == "chat"
-    items = [c for c, _ in ds.iter("test", seed=0)]
+    assert ds.splits() == ("train", "val")  # identity has no test split
+    items = [c for c, _ in ds.iter("val", seed=0)]
     n_identity = len([c for c, _ in open_dataset("identity", registry).iter("val")])
     assert len(items) == n_identity + 13
-    assert [c for c, _ in ds.iter("test", seed=0)] == items  # deterministic order
+    assert [c for c, _ in ds.iter("val", seed=0)] == items  # deterministic order
+    with pytest.raises(DataError, match="has no 'test' split; its splits are: train, val"):
+        list(ds.iter("test"))
     as_chat = open_dataset("arithmetic", registry, kind="chat")
     conv, _ = next(iter(as_chat.iter("val")))
     assert conv[-1]["role"] == "assistant"

@@ -35,7 +35,11 @@ def test_parse_ref() -> None:
     assert parse_ref("nanochat-datasets/gsm8k:2") == [
         DatasetTerm("nanochat-datasets/gsm8k", epochs=2.0)
     ]
-    for bad in ("", "a:1,b:/path", ":3", "a:-1,b:1"):
+    assert parse_ref("text-files:/a/x.jsonl:1,text-files:/b:c/*.txt:0.5") == [
+        DatasetTerm("text-files", path="/a/x.jsonl", epochs=1.0),
+        DatasetTerm("text-files", path="/b:c/*.txt", epochs=0.5),
+    ]
+    for bad in ("", "a:1,b:/path", ":3", "a:-1,b:1", "a:1,b:/p:-2"):
         with pytest.raises(DataError):
             parse_ref(bad)
 
@@ -57,10 +61,15 @@ def test_validate_conversation() -> None:
         [{"role": "user", "content": [{"type": "text", "text": "parts are for assistants"}]}],
         [{"role": "assistant", "content": [{"type": "image", "text": "x"}]}],
         [{"role": "bot", "content": "x"}],
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "no reply"}],
     ]
     for conversation in bad:
-        with pytest.raises(DataError):
+        with pytest.raises(DataError, match="^here: "):
             validate_conversation(conversation, "here")
+    with pytest.raises(DataError, match="here: the conversation has no assistant message"):
+        validate_conversation([{"role": "user", "content": "u"}], "here")
+    prompt = [{"role": "user", "content": "u"}]
+    assert validate_conversation(prompt, "here", require_assistant=False) is prompt
 
 
 class Units(ShardedDataset):
@@ -97,8 +106,14 @@ def test_splits_and_aliases() -> None:
     ds = Small()
     assert [i for i, _ in ds.iter("val")] == [4]
     assert take(ds.iter("train", shuffle=False), 2) == [1, 2]
-    with pytest.raises(DataError, match="unknown split"):
+    with pytest.raises(DataError, match="small has no 'dev' split; its splits are: train, test"):
         list(ds.iter("dev"))
+
+    class TrainVal(Small):
+        split_names = ("train", "val")
+
+    with pytest.raises(DataError, match="small has no 'test' split; its splits are: train, val"):
+        list(TrainVal().iter("test"))  # validation data is never passed off as test data
 
 
 def test_problem_defaults() -> None:

@@ -30,6 +30,7 @@ so that plugins only say how to list and read their units (files, row groups, or
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ DataKind = Literal["text", "chat", "problems", "preferences"]
 DATA_KINDS: tuple[str, ...] = ("text", "chat", "problems", "preferences")
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 PART_TYPES: tuple[str, ...] = ("text", "python", "python_output")
+
+logger = logging.getLogger(__name__)
 
 Cursor = dict[str, Any]
 """A JSON-serialisable position in a dataset stream (see :meth:`ShardedDataset.iter`)."""
@@ -106,12 +109,16 @@ def message_text(message: Message) -> str:
     return "".join(pieces)
 
 
-def validate_conversation(messages: Any, where: str = "conversation") -> Conversation:
+def validate_conversation(
+    messages: Any, where: str = "conversation", require_assistant: bool = True
+) -> Conversation:
     """Check that ``messages`` follows the chat schema and return it typed.
 
     Args:
         messages: the candidate conversation.
         where: what to name in the error (``"file.jsonl line 3"``).
+        require_assistant: a conversation to train on needs at least one assistant message;
+            ``False`` for prompts (of problems and preference pairs), which end before it.
 
     Raises:
         DataError: one line saying what is wrong and where.
@@ -136,6 +143,8 @@ def validate_conversation(messages: Any, where: str = "conversation") -> Convers
                 )
             if not isinstance(part.get("text"), str):
                 raise DataError(f"{where}: message {i} has a part without a text string")
+    if require_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}: the conversation has no assistant message to learn from")
     return messages
 
 
@@ -212,13 +221,34 @@ class Dataset(Protocol):
         ...
 
 
-def _split_alias(split: str, available: Sequence[str]) -> str:
-    if split in available:
-        return split
-    alias = {"val": "test", "test": "val", "validation": "val"}.get(split)
-    if alias is not None and alias in available:
-        return alias
-    raise DataError(f"unknown split {split!r}; this dataset has: {', '.join(available)}")
+SPLIT_FALLBACKS: dict[str, tuple[str, ...]] = {
+    "val": ("val", "test"),
+    "validation": ("val", "test"),
+    "train": ("train",),
+    "test": ("test",),
+}
+"""Where each requested split is looked for, in order: validation may come from a dataset's test
+split when it has no ``val`` (held-out data either way), but ``test`` is never served from
+``val`` - asking for test data and silently getting validation data would mislead."""
+
+
+def resolve_split(split: str, available: Sequence[str], name: str = "dataset") -> str:
+    """The split of a dataset that serves a request for ``split``.
+
+    Args:
+        split: the requested split (``train``, ``val``, ``validation`` or ``test``).
+        available: the dataset's split names.
+        name: the dataset's name, for the error.
+
+    Raises:
+        DataError: the dataset has no such split; the message names the dataset and its splits.
+    """
+    for candidate in SPLIT_FALLBACKS.get(split, (split,)):
+        if candidate in available:
+            return candidate
+    raise DataError(
+        f"{name} has no {split!r} split; its splits are: {', '.join(available) or 'none'}"
+    )
 
 
 class ShardedDataset:
@@ -238,6 +268,27 @@ class ShardedDataset:
     def splits(self) -> tuple[str, ...]:
         """The split names of this dataset."""
         return self.split_names
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """How many items were skipped while reading, by reason (e.g. ``{"null text": 3}``)."""
+        counts: dict[str, int] | None = self.__dict__.get("_skipped")
+        if counts is None:
+            counts = self.__dict__["_skipped"] = {}
+        return counts
+
+    def note_skipped(self, reason: str, where: str, count: int = 1) -> None:
+        """Count ``count`` items skipped for ``reason`` and log one warning line naming ``where``.
+
+        Args:
+            reason: why, e.g. ``"null text"`` or ``"empty text"``.
+            where: the file (and row group or line) the items came from.
+            count: how many items.
+        """
+        if count <= 0:
+            return
+        self.skipped[reason] = self.skipped.get(reason, 0) + count
+        logger.warning("%s: skipped %d item(s) with %s", where, count, reason)
 
     def units(self, split: str) -> Sequence[Any]:
         """The units of ``split`` in stored order (override for multi-file datasets)."""
@@ -260,7 +311,8 @@ class ShardedDataset:
         """Yield ``(item, cursor)`` for this rank's share of one pass over ``split``.
 
         Args:
-            split: ``train``, ``val`` or ``test`` (``val``/``test`` are aliases of each other).
+            split: ``train``, ``val`` or ``test`` (``val`` falls back to ``test``, never the
+                other way round; see :func:`resolve_split`).
             rank: this process's rank, ``0 <= rank < world_size``.
             world_size: number of processes; their streams are disjoint and cover the split.
             seed: shuffle seed (use ``seed + epoch`` for a new order per epoch).
@@ -270,7 +322,7 @@ class ShardedDataset:
         Raises:
             DataError: bad split, rank or cursor.
         """
-        split = _split_alias(split, self.splits())
+        split = resolve_split(split, self.splits(), self.name)
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is not in 0..{world_size - 1}")
         where = {
@@ -317,7 +369,7 @@ class ListDataset(ShardedDataset):
 
     def items(self, split: str) -> list[Any]:
         """The cached items of ``split``."""
-        split = _split_alias(split, self.splits())
+        split = resolve_split(split, self.splits(), self.name)
         if split not in self._cache:
             self._cache[split] = self.load_split(split)
         return self._cache[split]

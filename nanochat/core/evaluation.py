@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import torch
 
 from nanochat.core.components import Tokenizer
-from nanochat.core.data import Dataset
+from nanochat.core.data import DataError, Dataset
 from nanochat.core.models import Model
 from nanochat.core.progress import Progress
 from nanochat.core.runtime import Runtime
@@ -108,7 +108,11 @@ def text_eval_batches(
             stream += [bos, *ids]
     rows = min(rows_needed, len(stream) // row_len)
     if rows == 0:
-        raise ValueError(f"the {split!r} split has fewer than {row_len} tokens for rank {rank}")
+        name = getattr(dataset, "name", "dataset")
+        raise DataError(
+            f"{name}: the {split!r} split has fewer than {row_len} tokens for rank {rank}; "
+            "bits per byte cannot be measured"
+        )
     data = torch.tensor(stream[: rows * row_len], dtype=torch.long).view(rows, row_len)
     batches = []
     for start in range(0, rows, batch_size):

@@ -3,6 +3,7 @@
 ``chat-jsonl`` reads OpenAI-style ``{"messages": [{"role", "content"}]}`` lines and ShareGPT
 ``{"conversations": [{"from", "value"}]}`` lines; ``preferences-jsonl`` reads the common
 ``{"prompt", "chosen", "rejected"}`` lines, where each may be a string or a list of messages.
+Both stream their files chunk by chunk, line by line; a bad line fails naming its file and line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from nanochat.core.data import (
     ListDataset,
     Message,
     Preference,
+    ShardedDataset,
     validate_conversation,
 )
 from nanochat_datasets import files
@@ -48,12 +50,14 @@ def _content(raw: Any, role: str, where: str) -> Any:
     raise DataError(f"{where}: message content must be a string or a list of parts")
 
 
-def to_messages(raw: Any, where: str) -> Conversation:
+def to_messages(raw: Any, where: str, require_assistant: bool = True) -> Conversation:
     """Convert OpenAI-style or ShareGPT-style messages to the chat schema.
 
     Args:
         raw: a list of ``{"role", "content"}`` or ``{"from", "value"}`` dicts.
         where: the file and line, for errors.
+        require_assistant: reject a conversation without an assistant message (``False`` for
+            the prompt of a preference pair).
 
     Raises:
         DataError: not a list of messages, or an unknown role.
@@ -72,7 +76,7 @@ def to_messages(raw: Any, where: str) -> Conversation:
         else:
             role = str(item.get("role"))
             messages.append({"role": role, "content": _content(item.get("content"), role, where)})
-    return validate_conversation(messages, where)
+    return validate_conversation(messages, where, require_assistant)
 
 
 def record_conversation(record: dict[str, Any], where: str) -> Conversation:
@@ -83,26 +87,50 @@ def record_conversation(record: dict[str, Any], where: str) -> Conversation:
     raise DataError(f"{where}: no 'messages' or 'conversations' field")
 
 
-class JsonlDataset(ListDataset):
-    """A list dataset over jsonl files; ``parse`` turns one record into one item."""
+class JsonlDataset(ShardedDataset):
+    """A dataset over jsonl files, read line by line; ``parse`` turns one record into one item.
 
-    def __init__(self, paths: Sequence[Path], name: str, val_fraction: float):
-        super().__init__()
+    Each chunk of :data:`~nanochat_datasets.files.JSONL_CHUNK_BYTES` of a file is one unit of the
+    sharded stream, so memory holds one chunk's items however large the files are. Items are
+    shuffled within a chunk and chunks among themselves.
+    """
+
+    split_names = ("train", "val")
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        name: str,
+        val_fraction: float,
+        chunk_bytes: int = files.JSONL_CHUNK_BYTES,
+    ):
         self.paths = list(paths)
         self.name = name
         self.val_fraction = val_fraction
+        self.chunk_bytes = chunk_bytes
+        self._units: list[tuple[Path, int]] | None = None
 
     def parse(self, record: dict[str, Any], where: str) -> Any:
         """One item from one record."""
         raise NotImplementedError
 
-    def load_split(self, split: str) -> list[Any]:
-        """Every record of every file whose stable hash puts it in ``split``."""
+    def units(self, split: str) -> list[tuple[Path, int]]:
+        """``(file, chunk)`` of every chunk of every file (train and val split by line)."""
+        if self._units is None:
+            self._units = [
+                (path, chunk)
+                for path in self.paths
+                for chunk in range(files.jsonl_chunks(path, self.chunk_bytes))
+            ]
+        return self._units
+
+    def read_unit(self, split: str, unit: tuple[Path, int]) -> list[Any]:
+        """The items of one chunk whose stable hash puts them in ``split``."""
+        path, chunk = unit
         items = []
-        for path in self.paths:
-            for number, record in files.iter_jsonl(path):
-                if files.in_split(f"{path.name}#{number}", split, self.val_fraction):
-                    items.append(self.parse(record, f"{path} line {number}"))
+        for offset, number, record in files.iter_jsonl_chunk(path, chunk, self.chunk_bytes):
+            if files.in_split(f"{path.name}@{offset}", split, self.val_fraction):
+                items.append(files.parse_at(self.parse, record, path, offset, number))
         return items
 
 
@@ -143,7 +171,7 @@ class PreferencesJsonl(JsonlDataset):
         if isinstance(raw_prompt, str):
             prompt: Conversation = [{"role": "user", "content": raw_prompt}]
         else:
-            prompt = to_messages(raw_prompt, where)
+            prompt = to_messages(raw_prompt, where, require_assistant=False)
         chosen = _reply(record["chosen"], prompt, where)
         rejected = _reply(record["rejected"], prompt, where)
         return Preference(prompt=prompt, chosen=chosen, rejected=rejected)

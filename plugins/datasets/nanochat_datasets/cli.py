@@ -92,21 +92,28 @@ def download_fineweb(
         )
 
 
+def clip(text: str, limit: int = TEXT_PREVIEW) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was when cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} … ({len(text):,} characters)"
+
+
 def _message_lines(message: Message) -> str:
-    body = message_text(message)
+    body = clip(message_text(message))
     return textwrap.indent(body, "    ").lstrip() if body else ""
 
 
 def format_item(item: Any) -> str:
-    """A readable rendering of one dataset item of any kind."""
+    """A readable rendering of one dataset item of any kind; every long field is cut to
+    :data:`TEXT_PREVIEW` characters (with its full length shown)."""
     if isinstance(item, str):
-        more = f" … ({len(item):,} characters)" if len(item) > TEXT_PREVIEW else ""
-        return item[:TEXT_PREVIEW] + more
+        return clip(item)
     if isinstance(item, Problem):
         lines = [f"{m['role']}: {_message_lines(m)}" for m in item.prompt]
         if item.solution is not None:
             lines.append(f"solution: {_message_lines(item.solution)}")
-        lines.append(f"answer: {item.answer}")
+        lines.append(f"answer: {clip(item.answer)}")
         return "\n".join(lines)
     if isinstance(item, Preference):
         lines = [f"{m['role']}: {_message_lines(m)}" for m in item.prompt]
@@ -134,5 +141,9 @@ def show(name: str, split: str, count: int, seed: int, no_shuffle: bool) -> None
         click.echo(f"--- {dataset.name} [{dataset.kind}, {split}] #{shown + 1}")
         click.echo(format_item(item))
         shown += 1
+    skipped = dict(getattr(dataset, "skipped", {}) or {})
+    if skipped:
+        counts = ", ".join(f"{count} with {reason}" for reason, count in sorted(skipped.items()))
+        click.echo(f"{dataset.name}: skipped {counts} while reading", err=True)
     if shown == 0:
         click.echo(f"{dataset.name}: the {split} split is empty")

@@ -1,7 +1,8 @@
 """The ``text`` datasets: local files, FineWeb shards, and the State of the Union demo corpus.
 
-Each parquet row group, jsonl file or text file is one unit of the sharded stream, so a stream
-holds at most one row group in memory.
+Each parquet row group, 2 MiB chunk of a jsonl file, or text file is one unit of the sharded
+stream, so a stream holds at most one of them in memory. Null and empty documents are left out
+and counted (``dataset.skipped``, and one warning line per unit naming the file).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class TextFiles(ShardedDataset):
         column: str = "text",
         txt_mode: str = "file",
         val_fraction: float = 0.01,
+        chunk_bytes: int = files.JSONL_CHUNK_BYTES,
     ):
         if txt_mode not in ("file", "paragraph"):
             raise DataError(f"{name}: txt_mode must be 'file' or 'paragraph', not {txt_mode!r}")
@@ -48,18 +50,23 @@ class TextFiles(ShardedDataset):
         self.column = column
         self.txt_mode = txt_mode
         self.val_fraction = val_fraction
+        self.chunk_bytes = chunk_bytes
         self._units: list[Unit] | None = None
 
     def all_units(self) -> list[Unit]:
-        """Every ``(file, row_group)`` unit (row group ``None`` for jsonl and txt)."""
+        """Every unit: ``(file, row group)`` of parquet, ``(file, chunk)`` of jsonl, ``(file,
+        None)`` of txt."""
         if self._units is None:
             units: list[Unit] = []
             for path in self.paths:
                 if path.suffix == ".parquet":
-                    groups = files.parquet_row_groups(path, self.column)
-                    units.extend((path, g) for g in range(groups))
+                    count = files.parquet_row_groups(path, self.column)
+                elif path.suffix == ".jsonl":
+                    count = files.jsonl_chunks(path, self.chunk_bytes)
                 else:
                     units.append((path, None))
+                    continue
+                units.extend((path, g) for g in range(count))
             self._units = units
         return self._units
 
@@ -67,25 +74,45 @@ class TextFiles(ShardedDataset):
         """Every unit: train and val are split document by document (see ``val_fraction``)."""
         return self.all_units()
 
-    def documents(self, unit: Unit) -> list[str]:
-        """All documents of one unit, in stored order."""
+    def documents(self, unit: Unit) -> list[tuple[str, str | None]]:
+        """``(key, text)`` of every document of one unit, in stored order; ``text`` is ``None``
+        for null rows. The key is stable (file name and row or byte offset) and picks the split.
+        """
         path, group = unit
-        if group is not None:
-            return files.read_parquet_group(path, group, self.column)
+        if path.suffix == ".parquet" and group is not None:
+            values = files.read_parquet_group(path, group, self.column)
+            return [(f"{path.name}#{group}#{j}", v) for j, v in enumerate(values)]
         if path.suffix == ".jsonl":
-            return files.read_jsonl_texts(path, self.column)
+            return [
+                (f"{path.name}@{offset}", files.jsonl_text(path, offset, number, obj, self.column))
+                for offset, number, obj in files.iter_jsonl_chunk(path, group, self.chunk_bytes)
+            ]
         text = files.read_text(path)
         if self.txt_mode == "paragraph":
-            return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-        return [text]
+            paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+            return [(f"{path.name}#None#{j}", p) for j, p in enumerate(paragraphs)]
+        return [(f"{path.name}#None#0", text)]
+
+    def usable(self, unit: Unit, docs: list[tuple[str, str | None]]) -> list[str]:
+        """The texts of ``docs``, leaving out (and counting) null and empty ones."""
+        texts = [text for _, text in docs if text]
+        nulls = sum(1 for _, text in docs if text is None)
+        self.note_skipped("null text", _where(unit), nulls)
+        self.note_skipped("empty text", _where(unit), len(docs) - len(texts) - nulls)
+        return texts
 
     def read_unit(self, split: str, unit: Unit) -> list[str]:
         """The documents of one unit that belong to ``split``."""
-        path, group = unit
-        key = f"{path.name}#{group}"
-        docs = self.documents(unit)
         fraction = self.val_fraction
-        return [d for j, d in enumerate(docs) if files.in_split(f"{key}#{j}", split, fraction)]
+        docs = [d for d in self.documents(unit) if files.in_split(d[0], split, fraction)]
+        return self.usable(unit, docs)
+
+
+def _where(unit: Unit) -> str:
+    path, group = unit
+    if group is None:
+        return str(path)
+    return f"{path} {'row group' if path.suffix == '.parquet' else 'chunk'} {group}"
 
 
 def text_files(options: TextFilesOptions) -> TextFiles:
@@ -126,7 +153,7 @@ class Fineweb(TextFiles):
 
     def read_unit(self, split: str, unit: Unit) -> list[str]:
         """Every document of one row group (the split is chosen by shard)."""
-        return self.documents(unit)
+        return self.usable(unit, self.documents(unit))
 
 
 def fineweb(options: FinewebOptions) -> Fineweb:

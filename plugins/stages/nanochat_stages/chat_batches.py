@@ -9,13 +9,14 @@ Targets are ``-1`` wherever the mask is 0 (user turns, tool output, padding).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 
 from nanochat.core.conversation import Rendered, render_conversation, training_pair
-from nanochat.core.data import DataError
+from nanochat.core.data import Conversation, DataError
 from nanochat.core.special_tokens import ASSISTANT_END, BOS
 from nanochat_stages.packing import BestFitPacker
 
@@ -101,6 +102,59 @@ class ConversationStream:
     def state(self) -> dict[str, Any]:
         """Epoch, dataset cursor and counts (plain Python values)."""
         return {"epoch": self.epoch, "cursor": self.cursor, "counts": dict(self.counts)}
+
+
+def conversation_shape(conversation: Conversation) -> tuple[int, int]:
+    """``(characters of text, special tokens)`` of a conversation, without tokenizing it.
+
+    The specials are ``<|bos|>``, a start and an end token per message and per tool part (a
+    system message merged into the first user turn is counted as its own message).
+    """
+    chars, specials = 0, 1
+    for message in conversation:
+        content = message["content"]
+        specials += 2
+        if isinstance(content, str):
+            chars += len(content)
+            continue
+        for part in content:
+            chars += len(part["text"])
+            specials += 0 if part["type"] == "text" else 2
+    return chars, specials
+
+
+def count_chat_tokens(
+    dataset: Any, tokenizer: Any, max_tokens: int, sample: int = 1000, split: str = "train"
+) -> tuple[int, int]:
+    """``(conversations, tokens)`` in one pass over ``split``, tokenizing only a sample.
+
+    The first ``sample`` conversations (in a seeded shuffled order, so every part of a mixture
+    is represented) are rendered exactly; the tokens of the rest are estimated from their
+    characters at the sample's tokens per character, plus their special tokens, each capped at
+    ``max_tokens`` like the training stream does. A split of at most ``sample`` conversations is
+    counted exactly. The pass streams: no list of the items is built.
+
+    Args:
+        dataset: a ``chat`` dataset.
+        tokenizer: the run's tokenizer.
+        max_tokens: ids per conversation at most (the context plus one).
+        sample: how many conversations to render exactly.
+        split: the split to count.
+    """
+    conversations = tokens = sample_chars = sample_text_tokens = 0
+    per_char = 0.0
+    for conversation, _ in dataset.iter(split, seed=0):
+        conversations += 1
+        chars, specials = conversation_shape(conversation)
+        if conversations <= sample:
+            rendered = len(render_conversation(tokenizer, conversation))
+            tokens += min(rendered, max_tokens)
+            sample_chars += chars
+            sample_text_tokens += max(0, rendered - specials)
+            per_char = sample_text_tokens / sample_chars if sample_chars else 0.0
+        else:
+            tokens += min(max_tokens, specials + math.ceil(chars * per_char))
+    return conversations, tokens
 
 
 def _pair_tensors(ids: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,22 +42,23 @@ class ChatRecipe:
         return open_dataset(ref, loop.ctx.registry, kind="chat")
 
     def total_steps(self, loop: Any, num_params: int, total_batch: int) -> int:
-        """``max_steps``, else ``epochs`` passes over the mixture's train split."""
+        """``max_steps``, else ``epochs`` passes over the mixture's train split.
+
+        The split is streamed once, not listed; for packed rows only a sample of conversations
+        is tokenized and the rest estimated from their length (see ``count_chat_tokens``).
+        """
         if self.o.max_steps > 0:
             return int(self.o.max_steps)
         if self.o.epochs <= 0:
             raise UsageError(f"set {loop.ctx.stage_name}.max_steps or a positive epochs")
-        items = [item for item, _ in self.dataset.iter("train", shuffle=False)]
-        if self.packed:
-            from nanochat.core.conversation import render_conversation
+        from nanochat_stages.chat_batches import count_chat_tokens
 
-            tokens = sum(
-                len(render_conversation(loop.tokenizer, c, max_tokens=loop.seq_len + 1))
-                for c in items
-            )
+        if self.packed:
+            _, tokens = count_chat_tokens(self.dataset, loop.tokenizer, loop.seq_len + 1)
             return max(1, math.ceil(self.o.epochs * tokens / total_batch))
+        conversations = sum(1 for _ in self.dataset.iter("train", shuffle=False))
         per_step = total_batch // loop.seq_len  # conversations per optimizer step
-        return max(1, math.ceil(self.o.epochs * len(items) / per_step))
+        return max(1, math.ceil(self.o.epochs * conversations / per_step))
 
     def open_source(self, loop: Any, state: dict[str, Any] | None) -> Any:
         """This rank's conversation batches, resumed from ``state`` when given."""

@@ -99,6 +99,11 @@ class BestFitPacker:
         """The buffered documents (for exact resume)."""
         return {"buffer": [doc.copy() for doc in self.buffer]}
 
+    def snapshot(self) -> list[np.ndarray]:
+        """The buffered documents without copying them (cheap; the packer never changes a
+        buffered array in place, it only replaces the list's entries)."""
+        return list(self.buffer)
+
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore buffered documents saved by :meth:`state`."""
         self.buffer = [np.asarray(doc, dtype=np.int64) for doc in state["buffer"]]

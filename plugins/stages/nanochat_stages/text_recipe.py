@@ -13,6 +13,7 @@ from nanochat.core.errors import UsageError
 from nanochat.core.evaluation import evaluate_bpb, text_eval_batches
 from nanochat.core.generation import generate_tokens
 from nanochat.core.special_tokens import BOS
+from nanochat_stages.background import BackgroundBatches
 from nanochat_stages.options import PretrainOptions
 from nanochat_stages.packing import BestFitPacker
 from nanochat_stages.token_stream import TokenStream
@@ -30,30 +31,52 @@ def plan_steps(options: Any, num_params: int, total_batch: int) -> int:
 
 
 class TextBatches:
-    """Best-fit packed rows of a text dataset: every target carries a loss."""
+    """Best-fit packed rows of a text dataset: every target carries a loss.
+
+    Documents are tokenized in the :class:`TokenStream` thread and packed into rows in a second
+    background thread, so the training thread only takes finished batches (in pinned memory
+    when ``pin`` is set and CUDA is available, ready for ``.to(device, non_blocking=True)``).
+    """
 
     def __init__(
-        self, stream: TokenStream, rows: int, row_len: int, buffer: int, state: Any = None
+        self,
+        stream: TokenStream,
+        rows: int,
+        row_len: int,
+        buffer: int,
+        state: Any = None,
+        pin: bool = False,
     ):
         self.stream = stream
         self.rows = rows
         self.packer = BestFitPacker(row_len, stream.next_doc, buffer)
         if state:
             self.packer.load_state(state["packer"])
+        self.batches = BackgroundBatches(
+            self._make_batch, self._snapshot, pin=pin, name=f"pack-rank{stream.rank}"
+        )
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``rows`` packed rows as ``(inputs, targets)``."""
+    def _make_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         batch = torch.from_numpy(self.packer.next_batch(self.rows))
         return batch[:, :-1], batch[:, 1:]
 
+    def _snapshot(self) -> dict[str, Any]:
+        return {"stream": self.stream.state(), "buffer": self.packer.snapshot()}
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows`` packed rows as ``(inputs, targets)``."""
+        return self.batches.next_batch()
+
     def state(self) -> dict[str, Any]:
-        """Dataset position and buffered documents."""
-        buffer = [torch.from_numpy(np.asarray(d)) for d in self.packer.state()["buffer"]]
-        return {"stream": self.stream.state(), "packer": {"buffer": buffer}}
+        """Dataset position and buffered documents, as of the last batch taken."""
+        snapshot = self.batches.state()
+        buffer = [torch.from_numpy(np.asarray(d)) for d in snapshot["buffer"]]
+        return {"stream": snapshot["stream"], "packer": {"buffer": buffer}}
 
     def close(self) -> None:
-        """Stop the tokenizing thread."""
+        """Stop the packing and tokenizing threads."""
         self.stream.close()
+        self.batches.close()
 
 
 class TextRecipe:
@@ -83,7 +106,10 @@ class TextRecipe:
             state=state["stream"] if state else None,
             doc_cap=o.doc_cap,
         )
-        return TextBatches(stream, o.device_batch_size, loop.seq_len + 1, o.doc_buffer, state)
+        pin = rt.device_type == "cuda"
+        return TextBatches(
+            stream, o.device_batch_size, loop.seq_len + 1, o.doc_buffer, state, pin=pin
+        )
 
     def prepare_eval(self, loop: Any) -> None:
         """Fixed validation rows and the byte length of every token."""

@@ -4,20 +4,20 @@ A background thread reads documents in order, encodes them in batches with the t
 ``encode_batch`` (Rust, GIL released) and queues them with the dataset cursor after each. The
 consumer's position is the cursor of the last document it took, so resuming is exact however far
 the thread had read ahead. When a split runs out, the next epoch starts with a new shuffle seed.
+An error in the thread (bad data, a split with no documents) is raised by :meth:`next_doc` in the
+consumer's thread, with its original message, and the thread is stopped.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from nanochat.core.data import DataError
 from nanochat.core.special_tokens import BOS
-
-_END = object()
+from nanochat_stages.background import BackgroundWorker
 
 
 class TokenStream:
@@ -61,74 +61,55 @@ class TokenStream:
         self.bos = tokenizer.special_tokens[BOS]
         self.epoch = 0 if state is None else int(state["epoch"])
         self.cursor = None if state is None else state["cursor"]
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=8)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, daemon=True)
-        self._error: BaseException | None = None
         self._pending: list[tuple[np.ndarray, int, Any]] = []
-        self._thread.start()
+        self._worker = BackgroundWorker(self._produce, name=f"tokenize-{split}-rank{rank}")
 
-    def _produce(self) -> None:
-        try:
-            epoch, cursor = self.epoch, self.cursor
-            while not self._stop.is_set():
-                produced = 0
-                texts: list[str] = []
-                cursors: list[Any] = []
-                stream = self.dataset.iter(
-                    self.split,
-                    rank=self.rank,
-                    world_size=self.world_size,
-                    seed=self.seed + epoch,
-                    cursor=cursor,
-                    shuffle=self.shuffle,
-                )
-                for text, after in stream:
-                    texts.append(text[: self.doc_cap])
-                    cursors.append(after)
-                    if len(texts) >= self.batch_size:
-                        produced += self._emit(texts, cursors, epoch)
-                        texts, cursors = [], []
-                        if self._stop.is_set():
-                            return
-                if texts:
-                    produced += self._emit(texts, cursors, epoch)
-                if not self.loop:
-                    break
-                if produced == 0 and cursor is None:
-                    raise DataError(f"split {self.split!r} has no documents for rank {self.rank}")
-                epoch, cursor = epoch + 1, None
-            self._put(_END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
-            self._error = exc
-            self._put(_END)
-
-    def _put(self, item: Any) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
+    def _produce(self) -> Iterator[list[tuple[np.ndarray, int, Any]]]:
+        epoch, cursor = self.epoch, self.cursor
+        while True:
+            produced = 0
+            texts: list[str] = []
+            cursors: list[Any] = []
+            stream = self.dataset.iter(
+                self.split,
+                rank=self.rank,
+                world_size=self.world_size,
+                seed=self.seed + epoch,
+                cursor=cursor,
+                shuffle=self.shuffle,
+            )
+            for text, after in stream:
+                texts.append(text[: self.doc_cap])
+                cursors.append(after)
+                if len(texts) >= self.batch_size:
+                    produced += len(texts)
+                    yield self._encode(texts, cursors, epoch)
+                    texts, cursors = [], []
+            if texts:
+                produced += len(texts)
+                yield self._encode(texts, cursors, epoch)
+            if not self.loop:
                 return
-            except queue.Full:
-                continue
+            if produced == 0 and cursor is None:
+                raise DataError(
+                    f"{self.dataset.name}: split {self.split!r} has no documents for rank "
+                    f"{self.rank}"
+                )
+            epoch, cursor = epoch + 1, None
 
-    def _emit(self, texts: list[str], cursors: list[Any], epoch: int) -> int:
+    def _encode(
+        self, texts: list[str], cursors: list[Any], epoch: int
+    ) -> list[tuple[np.ndarray, int, Any]]:
         encoded = self.tokenizer.encode_batch(texts)
-        batch = [
+        return [
             (np.asarray([self.bos, *ids], dtype=np.int64), epoch, after)
             for ids, after in zip(encoded, cursors, strict=True)
         ]
-        self._put(batch)
-        return len(batch)
 
     def next_doc(self) -> np.ndarray:
         """The next document's ids (raises ``StopIteration`` at the end of a non-looping pass)."""
         while not self._pending:
-            item = self._queue.get()
-            if item is _END:
-                if self._error is not None:
-                    raise self._error
-                raise StopIteration
-            self._pending = list(reversed(item))
+            self._pending = list(reversed(self._worker.get()))
         doc, epoch, cursor = self._pending.pop()
         self.epoch, self.cursor = epoch, cursor
         return doc
@@ -138,6 +119,5 @@ class TokenStream:
         return {"epoch": self.epoch, "cursor": self.cursor}
 
     def close(self) -> None:
-        """Stop the background thread."""
-        self._stop.set()
-        self._thread.join(timeout=5)
+        """Stop the background thread and wait for it."""
+        self._worker.close()

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from nanochat.core.data import DataError
 from nanochat.core.data_refs import open_dataset
 from nanochat.core.progress import Progress
 from nanochat.core.special_tokens import SPECIAL_TOKENS
@@ -28,12 +29,16 @@ def capped_texts(docs: Iterator[tuple[Any, Any]], max_chars: int, doc_cap: int) 
 
 
 def bytes_per_token(tokenizer: Any, texts: list[str]) -> tuple[float, int, int]:
-    """``(bytes/token, bytes, tokens)`` of ``texts`` under ``tokenizer``."""
-    if not texts:
-        return 0.0, 0, 0
+    """``(bytes/token, bytes, tokens)`` of ``texts`` under ``tokenizer``.
+
+    Raises:
+        DataError: ``texts`` hold no tokens (there is nothing to measure).
+    """
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    n_tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
-    return (n_bytes / n_tokens if n_tokens else 0.0), n_bytes, n_tokens
+    n_tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts)) if texts else 0
+    if n_tokens == 0:
+        raise DataError("bytes per token of an empty validation split cannot be measured")
+    return n_bytes / n_tokens, n_bytes, n_tokens
 
 
 class TokenizerStage:
@@ -58,6 +63,13 @@ class TokenizerStage:
         if runtime.is_main:
             opts = self.options
             dataset = open_dataset(opts.dataset, ctx.registry, kind="text")
+            held_out = self._held_out(dataset)
+            if not held_out:
+                raise DataError(
+                    f"{opts.dataset}: the validation split is empty, so bytes per token cannot "
+                    "be measured; give the dataset held-out documents (e.g. a val_fraction "
+                    "above 0)"
+                )
             factory = ctx.tokenizer_factory()
             bar = Progress(opts.vocab_size, "tokenizer", "ids learned", owner=ctx.stage_name)
 
@@ -74,7 +86,7 @@ class TokenizerStage:
             train_seconds = time.perf_counter() - started
             bar.close()
             ctx.save_tokenizer(tokenizer)
-            bpt, n_bytes, n_tokens = bytes_per_token(tokenizer, self._held_out(dataset))
+            bpt, n_bytes, n_tokens = bytes_per_token(tokenizer, held_out)
             result = {
                 "implementation": (ctx.tokenizer_record() or {}).get("qualified_name"),
                 "vocab_size": tokenizer.vocab_size,

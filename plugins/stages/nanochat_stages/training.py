@@ -292,7 +292,8 @@ class TrainingLoop:
         sums = torch.zeros(3, device=rt.device)
         for micro in range(accum):
             inputs, targets = self.source.next_batch()
-            inputs, targets = inputs.to(rt.device), targets.to(rt.device)
+            inputs = inputs.to(rt.device, non_blocking=True)
+            targets = targets.to(rt.device, non_blocking=True)
             with no_sync_unless(self.train_model, micro == accum - 1), rt.autocast():
                 loss = self.train_model(inputs, targets)
                 (loss / accum).backward()

@@ -118,8 +118,8 @@ def test_resume_with_another_depth_is_refused(trained: Path, tmp_path: Path) -> 
     line = one_line_error(result)
     assert "pretrain cannot resume from pretrain/step_00000001" in line
     assert "n_layer 2 -> 3" in line and "model" in line
-    # the same command without the change resumes
-    again = run_cli(["run", "pretrain", "--run", "deeper"], home)
+    # the run remembers the last options given: setting the old depth again resumes
+    again = run_cli(["run", "pretrain", "--run", "deeper", "-o", "model.depth=2"], home)
     assert again.returncode == 0, again.stderr[-2000:]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -254,9 +255,7 @@ def component_options(example: str) -> Callable[[Callable[..., Any]], Callable[.
 def torchrun_runtime(device: str) -> Iterator[Any]:
     """Under torchrun, a runtime joined to the process group (shut down at the end); else None,
     and stages create their runtime when they first need one."""
-    from nanochat.core.runtime import torchrun_env
-
-    if torchrun_env()[2] <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not under torchrun: no torch import yet
         yield None
         return
     from nanochat.core.runtime import init_runtime

@@ -216,7 +216,7 @@ def parse_override(text: str) -> tuple[str, str, str]:
     scope, dot, key = target.strip().partition(".")
     if not sep or not dot or not scope or not key:
         raise UsageError(
-            f"bad override {text!r}: expected SCOPE.KEY=VALUE, e.g. pretrain.steps=100"
+            f"bad override {text!r}: expected SCOPE.KEY=VALUE, e.g. pretrain.max_steps=100"
         )
     return scope, key, value
 

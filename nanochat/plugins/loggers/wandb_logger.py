@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, cast
 
+from nanochat.core.errors import StageError
 from nanochat.plugins.loggers.options import WandbOptions
 
 logger = logging.getLogger(__name__)
@@ -29,8 +30,18 @@ class WandbLogger:
         self._run: Any = None
 
     def start(self, run_dir: Path, run_name: str, config: dict[str, Any]) -> None:
-        """Start a wandb run whose files live in the run directory."""
-        import wandb
+        """Start a wandb run whose files live in the run directory.
+
+        Raises:
+            StageError: the ``wandb`` package is not installed.
+        """
+        try:
+            import wandb
+        except ImportError:
+            raise StageError(
+                "--log wandb needs the wandb package: `uv add 'nanochat[wandb]'` or "
+                "`pip install wandb`"
+            ) from None
 
         mode = choose_mode(self.options.mode)
         os.environ.setdefault("WANDB_SILENT", "true")

@@ -65,22 +65,24 @@ def download_fineweb(
     base_url: str | None,
 ) -> None:
     """Download FineWeb-Edu shards 0..N-1 (skips shards already present)."""
-    from nanochat_datasets.download import download_shards
+    from nanochat.core.progress import Progress
+    from nanochat_datasets.download import download_shards, shard_name
 
     if not 1 <= count <= FINEWEB_MAX_SHARD + 1:
         raise UsageError(f"-n must be between 1 and {FINEWEB_MAX_SHARD + 1}, not {count}")
     target = directory or Path(default_fineweb_dir())
     url = base_url or default_fineweb_url()
-    done = 0
-
-    def progress(name: str) -> None:
-        nonlocal done
-        done += 1
-        click.echo(f"[{done}] {name}", err=True)
-
-    report = download_shards(
-        target, count, url, workers=workers, retries=retries, backoff=backoff, on_done=progress
-    )
+    present = sum((target / shard_name(i)).exists() for i in range(count))
+    with Progress(count, "download fineweb", "shards", initial=present) as bar:
+        report = download_shards(
+            target,
+            count,
+            url,
+            workers=workers,
+            retries=retries,
+            backoff=backoff,
+            on_done=lambda name: bar.update(1, last=name),
+        )
     click.echo(
         f"{target}: {len(report.fetched)} downloaded, {len(report.skipped)} already "
         f"present, {len(report.failed)} failed"

@@ -54,8 +54,8 @@ def check_model_options(
     if changed:
         raise StageError(
             f"{stage} cannot resume from {checkpoint_name(checkpoint)}: the model options changed "
-            f"({', '.join(changed)}); restore the -o model.* options, or delete {stage_dir} to "
-            "start the stage over"
+            f"({', '.join(changed)}); run again with the -o model.* options it was trained with "
+            f"(the run remembers the last ones given), or delete {stage_dir} to start it over"
         )
 
 

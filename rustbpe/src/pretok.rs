@@ -151,32 +151,41 @@ impl Splitter {
         Ok(Splitter::Regex(Box::new(re)))
     }
 
-    /// Calls `f` on each chunk of `text`, in order. Text that the pattern does not match is
-    /// skipped, as in `re.findall`.
+    /// Calls `f` on each chunk of `text`, in order. The chunks cover the whole text: where the
+    /// pattern leaves text unmatched (a pattern such as `\p{L}+` skips spaces and punctuation),
+    /// each stretch of unmatched text between two matches is a chunk of its own, so that
+    /// decoding the encoding gives back every byte. Patterns that match everything (such as
+    /// [`DEFAULT_PATTERN`]) split exactly as `re.findall` would.
     pub fn split<'a>(&self, text: &'a str, mut f: impl FnMut(&'a str)) {
         match self {
             Splitter::Default => split_default(text, f),
             Splitter::Regex(re) => {
+                // `done`: end of the text handed to `f` so far; `start`: where to search next.
+                let mut done = 0;
                 let mut start = 0;
                 while start <= text.len() {
-                    // A backtracking limit error ends the text: treat the rest as one chunk.
                     match re.find_from_pos(text, start) {
                         Ok(Some(m)) => {
                             if m.end() == m.start() {
-                                // Empty match: step over one character.
+                                // Empty match: step over one character (it joins the gap).
                                 start = m.end()
                                     + text[m.end()..].chars().next().map_or(1, char::len_utf8);
                                 continue;
                             }
+                            if m.start() > done {
+                                f(&text[done..m.start()]);
+                            }
                             f(m.as_str());
+                            done = m.end();
                             start = m.end();
                         }
                         Ok(None) => break,
-                        Err(_) => {
-                            f(&text[start..]);
-                            break;
-                        }
+                        // A backtracking limit error ends the search: the rest is one chunk.
+                        Err(_) => break,
                     }
+                }
+                if done < text.len() {
+                    f(&text[done..]);
                 }
             }
         }
@@ -308,6 +317,22 @@ mod tests {
             vec!["Hello", " world", "'s", " ", "12", "34", "5", " foo", "!!\n\n", " ", " bar"]
         );
         assert!(s.chunks("").is_empty());
+    }
+
+    #[test]
+    fn uncovered_text_becomes_chunks() {
+        let s = Splitter::new(r"\p{L}+").unwrap();
+        assert_eq!(
+            s.chunks("hello, world! 123"),
+            vec!["hello", ", ", "world", "! 123"]
+        );
+        assert_eq!(s.chunks("  x"), vec!["  ", "x"]);
+        assert_eq!(s.chunks("!!"), vec!["!!"]);
+        // Empty matches never drop a character either.
+        let e = Splitter::new(r"a*").unwrap();
+        assert_eq!(e.chunks("baab"), vec!["b", "aa", "b"]);
+        let l = Splitter::new(r"(?=x)").unwrap();
+        assert_eq!(l.chunks("yxy").concat(), "yxy");
     }
 
     #[test]

@@ -148,27 +148,32 @@ fn initial_pairs(
 
 /// Learns up to `num_merges` merges from `words` (byte-id sequences) weighted by `counts`.
 ///
-/// `progress(done, total)` is called every `every` merges and once at the end; an error from it
-/// stops training and is returned. Training stops early when no pair is left.
+/// `progress(done, total)` is called every `every` merges and once at the end, `tick()` after
+/// every merge (for cheap checks such as a pending Ctrl-C); an error from either stops training
+/// and is returned. Training stops early when no pair is left, and after at most
+/// `MAX_VOCAB_SIZE - 256` merges whatever `num_merges` asks for.
 pub fn learn_merges<E>(
     mut words: Vec<Vec<u32>>,
     counts: Vec<i64>,
     num_merges: usize,
     every: usize,
     progress: &mut dyn FnMut(usize, usize) -> Result<(), E>,
+    tick: &mut dyn FnMut() -> Result<(), E>,
 ) -> Result<Vec<(u32, u32)>, E> {
+    let limit = num_merges.min(crate::tokenizer::MAX_VOCAB_SIZE - 256);
     let (mut pair_counts, mut positions) = initial_pairs(&words, &counts);
     let mut heap: BinaryHeap<(i64, Reverse<PairKey>)> = pair_counts
         .iter()
         .filter(|(_, &n)| n > 0)
         .map(|(&k, &n)| (n, Reverse(k)))
         .collect();
-    let mut merges: Vec<(u32, u32)> = Vec::with_capacity(num_merges);
+    // Never reserve more than there can be merges: one per distinct pair at most.
+    let mut merges: Vec<(u32, u32)> = Vec::with_capacity(limit.min(heap.len()));
     let every = every.max(1);
     // Pairs created by the current merge (they all contain its new id): count and chunks.
     let mut fresh: FxHashMap<PairKey, (i64, Vec<u32>)> = FxHashMap::default();
 
-    while merges.len() < num_merges {
+    while merges.len() < limit {
         let Some((n, Reverse(k))) = heap.pop() else {
             break;
         };
@@ -240,6 +245,7 @@ pub fn learn_merges<E>(
         if merges.len().is_multiple_of(every) {
             progress(merges.len(), num_merges)?;
         }
+        tick()?;
     }
     if !merges.len().is_multiple_of(every) || merges.is_empty() {
         progress(merges.len(), num_merges)?;
@@ -280,7 +286,16 @@ pub fn train_texts<S: AsRef<str> + Sync>(
     counter.add_batch(splitter, texts);
     let (words, counts) = counter.into_words();
     let mut none = |_: usize, _: usize| Ok::<(), ()>(());
-    learn_merges(words, counts, num_merges, usize::MAX, &mut none).unwrap_or_default()
+    let mut no_tick = || Ok::<(), ()>(());
+    learn_merges(
+        words,
+        counts,
+        num_merges,
+        usize::MAX,
+        &mut none,
+        &mut no_tick,
+    )
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -352,7 +367,13 @@ mod tests {
             Ok::<(), ()>(())
         };
         let words = vec![vec![1, 2, 3, 4, 5]];
-        learn_merges(words, vec![1], 4, 2, &mut cb).unwrap();
+        let mut ticks = 0;
+        let mut tick = || {
+            ticks += 1;
+            Ok::<(), ()>(())
+        };
+        learn_merges(words, vec![1], 4, 2, &mut cb, &mut tick).unwrap();
+        assert_eq!(ticks, 4);
         assert_eq!(seen, vec![(2, 4), (4, 4)]);
     }
 }

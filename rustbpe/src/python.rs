@@ -450,5 +450,6 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 fn rustbpe_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
     m.add("DEFAULT_PATTERN", DEFAULT_PATTERN)?;
+    m.add("MAX_VOCAB_SIZE", MAX_VOCAB_SIZE)?;
     Ok(())
 }

@@ -60,11 +60,15 @@ class TokenizerStage:
             opts = self.options
             dataset = open_dataset(opts.dataset, ctx.registry, kind="text")
             factory = ctx.tokenizer_factory()
-            bar = tqdm(
-                total=opts.vocab_size, desc="tokenizer merges", unit="merge", dynamic_ncols=True
-            )
+            bars: list[Any] = []  # the progress bar, made at the first report (not before
+            # the options are checked, so that a bad option prints its error line alone)
 
             def progress(done: int, total: int) -> None:
+                if not bars:
+                    bars.append(
+                        tqdm(total=total, desc="tokenizer merges", unit="merge", dynamic_ncols=True)
+                    )
+                bar = bars[0]
                 bar.total = total
                 bar.n = done
                 bar.refresh()
@@ -75,7 +79,8 @@ class TokenizerStage:
             )
             tokenizer = factory.train(texts, opts.vocab_size, list(SPECIAL_TOKENS), progress)
             train_seconds = time.perf_counter() - started
-            bar.close()
+            for bar in bars:
+                bar.close()
             tokenizer.save(ctx.tokenizer_dir)
             bpt, n_bytes, n_tokens = bytes_per_token(tokenizer, self._held_out(dataset))
             result = {

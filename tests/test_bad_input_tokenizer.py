@@ -214,6 +214,15 @@ def test_repetitive_text_is_not_quadratic() -> None:
         assert tok.decode(tok.encode(text)) == text
 
 
+@pytest.mark.parametrize("text", ["ab" * 100_000, "x" * 100_001, "abc" * 5000 + " " + "ab" * 7])
+def test_repetitive_text_merges_equal_pypi_rustbpe(text: str) -> None:
+    pypi = pytest.importorskip("rustbpe")
+    ref = pypi.Tokenizer()
+    ref.train_from_iterator(iter([text]), 1000)
+    ours = Tokenizer.train([text], 1000)
+    assert ours.to_tiktoken_ranks() == {bytes(k): v for k, v in ref.get_mergeable_ranks()}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("unit", ["ab", "x"])
 def test_megabyte_of_repetition_trains_fast(unit: str) -> None:
@@ -269,4 +278,3 @@ def test_ctrl_c_interrupts_training_within_a_second(delay: float) -> None:
     assert proc.returncode == 42, (proc.returncode, err[-2000:])
     assert "KeyboardInterrupt" in out and "finished" not in out
     assert waited < 1.5, f"exited {waited:.2f}s after SIGINT"
-

@@ -5,10 +5,10 @@ Run from the repository root::
     uv run python -m benchmarks.tokenizer_adversarial
     uv run python -m benchmarks.tokenizer_adversarial --n 250000 1000000 --timeout 60
 
-Each input (``"ab" * N`` and ``"x" * N``: one huge pre-tokenized chunk each) is trained to
-``--vocab`` ids by nanochat_rustbpe and by PyPI ``rustbpe`` 0.1.0, each in a fresh subprocess
-with a wall-clock limit, so that a quadratic (or hanging) implementation cannot hang the
-benchmark: a run over the limit is killed and reported as such.
+Each input (``"ab" * N``, ``"x" * N`` and N random lowercase letters: one huge pre-tokenized
+chunk each) is trained to ``--vocab`` ids by nanochat_rustbpe and by PyPI ``rustbpe`` 0.1.0,
+each in a fresh subprocess with a wall-clock limit, so that a quadratic (or hanging)
+implementation cannot hang the benchmark: a run over the limit is killed and reported as such.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ import time
 CHILD = """
 import json, sys, time
 impl, unit, n, vocab = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-text = unit * n
+if unit == "random":
+    import random
+    text = "".join(random.Random(0).choices("abcdefghijklmnopqrstuvwxyz", k=n))
+else:
+    text = unit * n
 started = time.perf_counter()
 if impl == "nanochat_rustbpe":
     from nanochat_rustbpe import Tokenizer
@@ -63,10 +67,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"training to vocab_size={args.vocab}, each run limited to {args.timeout:.0f} s")
     for n in args.n:
-        for unit in ["ab", "x"]:
+        for unit in ["ab", "x", "random"]:
             for impl in IMPLEMENTATIONS:
                 result = run_one(impl, unit, n, args.vocab, args.timeout)
-                print(f"{unit!r} * {n:<9,} {impl:<22} {result}", flush=True)
+                label = f"{n:,} random letters" if unit == "random" else f"{unit!r} * {n:,}"
+                print(f"{label:<24} {impl:<22} {result}", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ traceback or a hang.
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -139,6 +140,37 @@ def test_crafted_file_is_refused_quickly(tmp_path: Path, name: str) -> None:
     message = str(err.value)
     assert "\n" not in message and str(path) in message
     assert "not a nanochat-rustbpe tokenizer file" in message
+
+
+def test_mutated_files_load_or_fail_with_value_error(tmp_path: Path) -> None:
+    # Random damage to a real file: every outcome is a loaded tokenizer or one ValueError.
+    tok = Tokenizer.train(["the cat sat on the mat, the hat! " * 20], 330, special_tokens=SPECIALS)
+    path = tmp_path / "tok.rbpe"
+    tok.save(str(path))
+    original = path.read_bytes()
+    rng = random.Random(1234)
+    outcomes = {"loaded": 0, "refused": 0}
+    for _ in range(300):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(data))
+            choice = rng.random()
+            if choice < 0.4:  # overwrite a digit with another number
+                data[pos : pos + 1] = str(rng.choice([0, 1, 255, 256, 300, 2**31, 2**40])).encode()
+            elif choice < 0.7:
+                data[pos] = rng.randrange(256)
+            else:
+                del data[pos : pos + rng.randint(1, 20)]
+        path.write_bytes(bytes(data))
+        try:
+            loaded = Tokenizer.load(str(path))
+        except ValueError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc)
+            outcomes["refused"] += 1
+        else:
+            assert loaded.decode(loaded.encode("the cat")) == "the cat"
+            outcomes["loaded"] += 1
+    assert outcomes["refused"] > 100
 
 
 def test_doubling_file_names_the_limit(tmp_path: Path) -> None:

@@ -77,6 +77,12 @@ def test_adapter_names_the_option(vocab_size: int) -> None:
     assert str(MAX_VOCAB_SIZE) in message and str(vocab_size) in message
 
 
+@pytest.mark.parametrize("vocab_size", [300.0, "300", True, None])
+def test_adapter_rejects_non_integers(vocab_size: object) -> None:
+    with pytest.raises(UsageError, match="tokenizer.vocab_size must be an integer"):
+        RustBPEFactory(TokenizerOptions()).train(["hello"], vocab_size, SPECIALS)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("vocab_size", ["1000000000000", str(2**62), "0", "-1"])
 def test_cli_rejects_vocab_size_in_one_line(tmp_path: Path, vocab_size: str) -> None:
     args = ["run", "tokenizer", "--run", "bad", "-o", f"tokenizer.vocab_size={vocab_size}"]

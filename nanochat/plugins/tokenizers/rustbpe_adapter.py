@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -49,8 +50,12 @@ def check_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
     and keeps every table sized by the vocabulary within memory.
     """
     low, high = 256 + len(special_tokens), nanochat_rustbpe.MAX_VOCAB_SIZE
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-        raise UsageError(f"tokenizer.vocab_size must be an integer, got {vocab_size!r}")
+    try:
+        if isinstance(vocab_size, bool):
+            raise TypeError
+        vocab_size = operator.index(vocab_size)  # int, or an integer type such as numpy's
+    except TypeError:
+        raise UsageError(f"tokenizer.vocab_size must be an integer, got {vocab_size!r}") from None
     if not low <= vocab_size <= high:
         raise UsageError(
             f"tokenizer.vocab_size must be from {low} (256 bytes + {len(special_tokens)} special"

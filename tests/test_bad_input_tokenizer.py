@@ -273,15 +273,20 @@ def test_megabyte_of_repetition_trains_fast(unit: str) -> None:
 
 
 CHILD = textwrap.dedent(
-    """
+    r"""
     import random, sys, time
-    from nanochat_rustbpe import Tokenizer
+    from nanochat_rustbpe import DEFAULT_PATTERN, Tokenizer
     rng = random.Random(0)
     letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-    words = ["".join(rng.choices(letters, k=12)) for _ in range(400_000)]
+    pattern = None
+    if sys.argv[1] == "huge-text":  # one 100 MB text split by the regex engine: seconds
+        texts = ["hello world, " * 8_000_000]
+        pattern = DEFAULT_PATTERN.replace(r"\p{N}{1,2}", r"\p{N}{1,3}")
+    else:  # random words: over a million merges
+        texts = [" ".join("".join(rng.choices(letters, k=12)) for _ in range(400_000))]
     print("training", flush=True)
     try:
-        Tokenizer.train([" ".join(words)], 1 << 24)
+        Tokenizer.train(texts, 1 << 24, pattern=pattern)
     except KeyboardInterrupt:
         print("KeyboardInterrupt", flush=True)
         sys.exit(42)
@@ -290,10 +295,12 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("delay", [0.3, 2.5])
-def test_ctrl_c_interrupts_training_within_a_second(delay: float) -> None:
+@pytest.mark.parametrize(
+    ("mode", "delay"), [("random-words", 0.3), ("random-words", 2.5), ("huge-text", 0.5)]
+)
+def test_ctrl_c_interrupts_training_within_a_second(mode: str, delay: float) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
+        [sys.executable, "-c", CHILD, mode],
         env=cli_env(None),
         cwd=REPO,
         stdout=subprocess.PIPE,

@@ -156,13 +156,45 @@ impl Splitter {
     /// each stretch of unmatched text between two matches is a chunk of its own, so that
     /// decoding the encoding gives back every byte. Patterns that match everything (such as
     /// [`DEFAULT_PATTERN`]) split exactly as `re.findall` would.
-    pub fn split<'a>(&self, text: &'a str, mut f: impl FnMut(&'a str)) {
+    pub fn split<'a>(&self, text: &'a str, f: impl FnMut(&'a str)) {
         match self {
             Splitter::Default => split_default(text, f),
+            Splitter::Regex(_) => {
+                self.split_part(text, 0, usize::MAX, f);
+            }
+        }
+    }
+
+    /// Splits `text` from byte `from` (which must be where an earlier part ended, or 0) until
+    /// at least `max_bytes` bytes have been handed to `f` or the text ends; returns where it
+    /// stopped (`text.len()` at the end). Splitting a text part by part gives exactly the
+    /// chunks [`Self::split`] gives, so that a huge text can be split in bounded steps.
+    pub fn split_part<'a>(
+        &self,
+        text: &'a str,
+        from: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(&'a str),
+    ) -> usize {
+        let stop = from.saturating_add(max_bytes);
+        match self {
+            Splitter::Default => {
+                let b = text.as_bytes();
+                let mut i = from;
+                while i < b.len() {
+                    let end = default_match_end(b, i);
+                    f(&text[i..end]);
+                    i = end;
+                    if i >= stop {
+                        break;
+                    }
+                }
+                i
+            }
             Splitter::Regex(re) => {
                 // `done`: end of the text handed to `f` so far; `start`: where to search next.
-                let mut done = 0;
-                let mut start = 0;
+                let mut done = from;
+                let mut start = from;
                 while start <= text.len() {
                     match re.find_from_pos(text, start) {
                         Ok(Some(m)) => {
@@ -178,6 +210,9 @@ impl Splitter {
                             f(m.as_str());
                             done = m.end();
                             start = m.end();
+                            if done >= stop && done < text.len() {
+                                return done;
+                            }
                         }
                         Ok(None) => break,
                         // A backtracking limit error ends the search: the rest is one chunk.
@@ -187,6 +222,7 @@ impl Splitter {
                 if done < text.len() {
                     f(&text[done..]);
                 }
+                text.len()
             }
         }
     }
@@ -333,6 +369,28 @@ mod tests {
         assert_eq!(e.chunks("baab"), vec!["b", "aa", "b"]);
         let l = Splitter::new(r"(?=x)").unwrap();
         assert_eq!(l.chunks("yxy").concat(), "yxy");
+    }
+
+    #[test]
+    fn splitting_in_parts_equals_splitting_whole() {
+        let text = "Hello world's 12345 foo!!\n\n  bar, baz... é€😀 東京 \r\n x".repeat(7);
+        for pattern in [DEFAULT_PATTERN, r"\p{L}+", r"a*", r"\s+(?!\S)|\w+"] {
+            let s = Splitter::new(pattern).unwrap();
+            let whole = s.chunks(&text);
+            for max in [1, 2, 5, 17, 100, 10_000] {
+                let mut parts = Vec::new();
+                let mut from = 0;
+                let mut steps = 0;
+                while from < text.len() {
+                    from = s.split_part(&text, from, max, |c| parts.push(c));
+                    steps += 1;
+                }
+                assert_eq!(parts, whole, "{pattern} in parts of {max}");
+                if max == 1 {
+                    assert!(steps > 10, "{pattern}: {steps} steps");
+                }
+            }
+        }
     }
 
     #[test]

@@ -85,6 +85,29 @@ impl ChunkCounter {
         }
     }
 
+    /// Splits `text` from byte `from` (0, or where the previous part of the same text ended)
+    /// until about `max_bytes` bytes are counted; returns where it stopped (`text.len()` at
+    /// the end). Counting a huge text part by part counts exactly what [`Self::add_batch`]
+    /// would, in steps of bounded time.
+    pub fn add_part(
+        &mut self,
+        splitter: &Splitter,
+        text: &str,
+        from: usize,
+        max_bytes: usize,
+    ) -> usize {
+        let mut m: FxHashMap<&str, i64> = FxHashMap::default();
+        let end = splitter.split_part(text, from, max_bytes, |c| *m.entry(c).or_insert(0) += 1);
+        for (chunk, n) in m {
+            if let Some(v) = self.counts.get_mut(chunk) {
+                *v += n;
+            } else {
+                self.counts.insert(chunk.into(), n);
+            }
+        }
+        end
+    }
+
     /// Number of distinct chunks seen so far.
     pub fn len(&self) -> usize {
         self.counts.len()
@@ -461,6 +484,25 @@ mod tests {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let splitter = Splitter::new(DEFAULT_PATTERN).unwrap();
         assert_eq!(train_texts(&splitter, &refs, 150), reference(&refs, 150));
+    }
+
+    #[test]
+    fn counting_in_parts_equals_counting_whole() {
+        let splitter = Splitter::new(DEFAULT_PATTERN).unwrap();
+        let text = "the cat sat on the mat, the hat!\n\nthe end 12345 ".repeat(50);
+        let mut whole = ChunkCounter::new();
+        whole.add_batch(&splitter, &[text.as_str()]);
+        let mut parts = ChunkCounter::new();
+        let mut from = 0;
+        while from < text.len() {
+            from = parts.add_part(&splitter, &text, from, 37);
+        }
+        let sorted = |c: ChunkCounter| {
+            let mut v: Vec<_> = c.counts.into_iter().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(parts), sorted(whole));
     }
 
     #[test]

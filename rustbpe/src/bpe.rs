@@ -22,6 +22,95 @@ fn pack(chunk: &[u8]) -> u128 {
     u128::from_le_bytes(buf)
 }
 
+/// The Mersenne prime 2^61 - 1, modulus of [`PolyHash`].
+const MERSENNE: u64 = (1 << 61) - 1;
+
+#[inline(always)]
+fn mul_mod(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    let s = (p as u64 & MERSENNE) + (p >> 61) as u64;
+    if s >= MERSENNE {
+        s - MERSENNE
+    } else {
+        s
+    }
+}
+
+#[inline(always)]
+fn add_mod(a: u64, b: u64) -> u64 {
+    let s = a + b;
+    if s >= MERSENNE {
+        s - MERSENNE
+    } else {
+        s
+    }
+}
+
+/// Two polynomial hashes modulo 2^61 - 1 with bases drawn at random per process, so that no
+/// file can be crafted to make two different byte strings of equal length collide (the chance
+/// of an accidental collision is about `length^2 / 2^122` per comparison).
+struct PolyHash {
+    bases: (u64, u64),
+}
+
+impl PolyHash {
+    fn random() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let draw = |salt: u64| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(salt);
+            // A base in [2^20, 2^61 - 1).
+            (h.finish() % (MERSENNE - (1 << 20))) + (1 << 20)
+        };
+        Self {
+            bases: (draw(1), draw(2)),
+        }
+    }
+
+    /// `base^i` for `i` in `0..=n`.
+    fn powers(&self, n: usize) -> Vec<(u64, u64)> {
+        let mut out = Vec::with_capacity(n + 1);
+        let mut p = (1u64, 1u64);
+        for _ in 0..=n {
+            out.push(p);
+            p = (mul_mod(p.0, self.bases.0), mul_mod(p.1, self.bases.1));
+        }
+        out
+    }
+
+    /// Fills `out[k]` with the hash of `bytes[..k]` for `k` in `0..=bytes.len()`.
+    fn prefixes(&self, bytes: &[u8], out: &mut Vec<(u64, u64)>) {
+        out.clear();
+        let mut h = (0u64, 0u64);
+        out.push(h);
+        for &b in bytes {
+            let v = u64::from(b) + 1;
+            h = (
+                add_mod(mul_mod(h.0, self.bases.0), v),
+                add_mod(mul_mod(h.1, self.bases.1), v),
+            );
+            out.push(h);
+        }
+    }
+
+    /// The hash of `bytes[k..n]` from the prefix hashes of `bytes`.
+    #[inline(always)]
+    fn substring(
+        &self,
+        prefix: &[(u64, u64)],
+        pows: &[(u64, u64)],
+        k: usize,
+        n: usize,
+    ) -> (u64, u64) {
+        let (a, b) = (prefix[n], prefix[k]);
+        let p = pows[n - k];
+        (
+            add_mod(a.0, MERSENNE - mul_mod(b.0, p.0)),
+            add_mod(a.1, MERSENNE - mul_mod(b.1, p.1)),
+        )
+    }
+}
+
 /// Lookup tables for encoding: whole chunks and pairs of adjacent tokens.
 pub struct MergeTables {
     /// Bytes of every token to its id (the lowest id if two tokens share bytes).
@@ -34,15 +123,38 @@ pub struct MergeTables {
 
 impl MergeTables {
     /// Builds the tables from the bytes of every token, indexed by id.
+    ///
+    /// Runs in time linear in the total bytes of the vocabulary: the pairs table finds, for
+    /// every token and every split point, the tokens equal to the prefix and the suffix through
+    /// polynomial hashes of the token's prefixes (O(1) per split point) instead of hashing each
+    /// prefix and suffix anew (which is quadratic in a long token's length).
     pub fn new(vocab: &[Vec<u8>]) -> Self {
         let mut encoder: FxHashMap<Box<[u8]>, u32> = FxHashMap::default();
         for (id, bytes) in vocab.iter().enumerate() {
             encoder.entry(bytes.as_slice().into()).or_insert(id as u32);
         }
+        let hasher = PolyHash::random();
+        let longest = vocab.iter().map(Vec::len).max().unwrap_or(0);
+        let pows = hasher.powers(longest);
+        // (length, hash) of every token to its id (the lowest id if two tokens share bytes).
+        let mut by_hash: FxHashMap<(usize, u64, u64), u32> = FxHashMap::default();
+        let mut prefix: Vec<(u64, u64)> = Vec::new();
+        for (id, bytes) in vocab.iter().enumerate() {
+            hasher.prefixes(bytes, &mut prefix);
+            let (h1, h2) = prefix[bytes.len()];
+            by_hash.entry((bytes.len(), h1, h2)).or_insert(id as u32);
+        }
         let mut pairs: FxHashMap<u64, u32> = FxHashMap::default();
         for (id, bytes) in vocab.iter().enumerate().skip(256) {
-            for k in 1..bytes.len() {
-                if let (Some(&l), Some(&r)) = (encoder.get(&bytes[..k]), encoder.get(&bytes[k..])) {
+            let n = bytes.len();
+            hasher.prefixes(bytes, &mut prefix);
+            for k in 1..n {
+                let (p1, p2) = prefix[k];
+                let Some(&l) = by_hash.get(&(k, p1, p2)) else {
+                    continue;
+                };
+                let (s1, s2) = hasher.substring(&prefix, &pows, k, n);
+                if let Some(&r) = by_hash.get(&(n - k, s1, s2)) {
                     let e = pairs
                         .entry((u64::from(l) << 32) | u64::from(r))
                         .or_insert(id as u32);
@@ -282,6 +394,62 @@ mod tests {
             }
         }
         ids
+    }
+
+    #[test]
+    fn pairs_table_equals_naive_construction() {
+        // Tokens built by merges over a small alphabet, so that many splits exist.
+        let mut seed = 99u64;
+        let mut rnd = |m: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        let mut v: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let alphabet = [b'a' as usize, b'b' as usize, b'c' as usize];
+        let mut ids: Vec<usize> = alphabet.to_vec();
+        for _ in 0..400 {
+            let a = ids[rnd(ids.len() as u64) as usize];
+            let b = ids[rnd(ids.len() as u64) as usize];
+            let mut t = v[a].clone();
+            t.extend_from_slice(&v[b]);
+            ids.push(v.len());
+            v.push(t);
+        }
+        let fast = MergeTables::new(&v);
+        let mut naive: FxHashMap<u64, u32> = FxHashMap::default();
+        for (id, bytes) in v.iter().enumerate().skip(256) {
+            for k in 1..bytes.len() {
+                let l = fast.encoder.get(&bytes[..k]);
+                let r = fast.encoder.get(&bytes[k..]);
+                if let (Some(&l), Some(&r)) = (l, r) {
+                    let e = naive
+                        .entry((u64::from(l) << 32) | u64::from(r))
+                        .or_insert(id as u32);
+                    *e = (*e).min(id as u32);
+                }
+            }
+        }
+        assert!(naive.len() > 400);
+        assert_eq!(fast.pairs, naive);
+    }
+
+    #[test]
+    fn long_tokens_build_in_linear_time() {
+        // Doubling tokens "a", "aa", "aaaa", ... up to 2^21 bytes: quadratic work would take
+        // minutes, linear work a fraction of a second.
+        let mut v: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let mut last = u32::from(b'a') as usize;
+        for _ in 0..21 {
+            let t = v[last].repeat(2);
+            last = v.len();
+            v.push(t);
+        }
+        let started = std::time::Instant::now();
+        let t = MergeTables::new(&v);
+        assert!(started.elapsed().as_secs_f64() < 5.0);
+        assert_eq!(t.rank(last as u32 - 1, last as u32 - 1), last as u32);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod unicode;
 
 pub use error::BpeError;
 pub use pretok::{Splitter, DEFAULT_PATTERN};
-pub use tokenizer::{Allowed, Tokenizer};
+pub use tokenizer::{Allowed, Tokenizer, MAX_VOCAB_SIZE};
 
 #[cfg(feature = "python")]
 mod python;

@@ -84,7 +84,16 @@ pub fn from_json(text: &[u8]) -> Result<Tokenizer, BpeError> {
     if v.get("num_merges").and_then(Value::as_u64) != Some(merges.len() as u64) {
         return Err(bad("num_merges does not match the merges"));
     }
-    Tokenizer::new(pattern, merges, specials).map_err(|e| BpeError::Format(e.to_string()))
+    Tokenizer::with_limit(pattern, merges, specials, token_budget(text.len()))
+        .map_err(|e| BpeError::Format(e.to_string()))
+}
+
+/// The most bytes the tokens of a tokenizer read from `file_len` bytes may take together:
+/// 64 MiB, or 64 bytes per byte of the file for larger files. A real tokenizer needs far less
+/// (about half a byte of tokens per byte of file), but each merge can double a token's length,
+/// so without a bound a file of a few hundred bytes could describe terabytes of tokens.
+pub fn token_budget(file_len: usize) -> u64 {
+    (64u64 << 20).max((file_len as u64).saturating_mul(64))
 }
 
 /// Writes `tok` to `path` (through a temporary file renamed into place).
@@ -220,6 +229,32 @@ mod tests {
         }
         assert!(from_json(b"\x89PNG\r\n").is_err());
         assert!(from_json(br#"{"format": "nanochat-rustbpe", "version": 9}"#).is_err());
+    }
+
+    #[test]
+    fn doubling_merges_are_refused_without_allocating() {
+        // Each merge doubles the last token: 60 merges would describe 2^60 bytes.
+        let merges: Vec<String> = (0..60)
+            .map(|i| {
+                let t = if i == 0 { 97 } else { 255 + i };
+                format!("[{t}, {t}]")
+            })
+            .collect();
+        let text = format!(
+            "{{\"format\": \"nanochat-rustbpe\", \"version\": 1, \"pattern\": \"a\", \
+             \"special_tokens\": [], \"num_merges\": 60, \"merges\": [{}]}}",
+            merges.join(", ")
+        );
+        let started = std::time::Instant::now();
+        let err = from_json(text.as_bytes()).err().expect("must fail");
+        assert!(started.elapsed().as_secs_f64() < 1.0);
+        assert!(err.to_string().contains("bytes"), "{err}");
+        // The same merges, short enough to fit, load.
+        let short: Vec<String> = merges[..10].to_vec();
+        let text = text
+            .replace(&merges.join(", "), &short.join(", "))
+            .replace("\"num_merges\": 60", "\"num_merges\": 10");
+        assert_eq!(from_json(text.as_bytes()).unwrap().vocab()[265].len(), 1024);
     }
 
     #[test]

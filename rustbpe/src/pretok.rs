@@ -151,33 +151,78 @@ impl Splitter {
         Ok(Splitter::Regex(Box::new(re)))
     }
 
-    /// Calls `f` on each chunk of `text`, in order. Text that the pattern does not match is
-    /// skipped, as in `re.findall`.
-    pub fn split<'a>(&self, text: &'a str, mut f: impl FnMut(&'a str)) {
+    /// Calls `f` on each chunk of `text`, in order. The chunks cover the whole text: where the
+    /// pattern leaves text unmatched (a pattern such as `\p{L}+` skips spaces and punctuation),
+    /// each stretch of unmatched text between two matches is a chunk of its own, so that
+    /// decoding the encoding gives back every byte. Patterns that match everything (such as
+    /// [`DEFAULT_PATTERN`]) split exactly as `re.findall` would.
+    pub fn split<'a>(&self, text: &'a str, f: impl FnMut(&'a str)) {
         match self {
             Splitter::Default => split_default(text, f),
+            Splitter::Regex(_) => {
+                self.split_part(text, 0, usize::MAX, f);
+            }
+        }
+    }
+
+    /// Splits `text` from byte `from` (which must be where an earlier part ended, or 0) until
+    /// at least `max_bytes` bytes have been handed to `f` or the text ends; returns where it
+    /// stopped (`text.len()` at the end). Splitting a text part by part gives exactly the
+    /// chunks [`Self::split`] gives, so that a huge text can be split in bounded steps.
+    pub fn split_part<'a>(
+        &self,
+        text: &'a str,
+        from: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(&'a str),
+    ) -> usize {
+        let stop = from.saturating_add(max_bytes);
+        match self {
+            Splitter::Default => {
+                let b = text.as_bytes();
+                let mut i = from;
+                while i < b.len() {
+                    let end = default_match_end(b, i);
+                    f(&text[i..end]);
+                    i = end;
+                    if i >= stop {
+                        break;
+                    }
+                }
+                i
+            }
             Splitter::Regex(re) => {
-                let mut start = 0;
+                // `done`: end of the text handed to `f` so far; `start`: where to search next.
+                let mut done = from;
+                let mut start = from;
                 while start <= text.len() {
-                    // A backtracking limit error ends the text: treat the rest as one chunk.
                     match re.find_from_pos(text, start) {
                         Ok(Some(m)) => {
                             if m.end() == m.start() {
-                                // Empty match: step over one character.
+                                // Empty match: step over one character (it joins the gap).
                                 start = m.end()
                                     + text[m.end()..].chars().next().map_or(1, char::len_utf8);
                                 continue;
                             }
+                            if m.start() > done {
+                                f(&text[done..m.start()]);
+                            }
                             f(m.as_str());
+                            done = m.end();
                             start = m.end();
+                            if done >= stop && done < text.len() {
+                                return done;
+                            }
                         }
                         Ok(None) => break,
-                        Err(_) => {
-                            f(&text[start..]);
-                            break;
-                        }
+                        // A backtracking limit error ends the search: the rest is one chunk.
+                        Err(_) => break,
                     }
                 }
+                if done < text.len() {
+                    f(&text[done..]);
+                }
+                text.len()
             }
         }
     }
@@ -308,6 +353,44 @@ mod tests {
             vec!["Hello", " world", "'s", " ", "12", "34", "5", " foo", "!!\n\n", " ", " bar"]
         );
         assert!(s.chunks("").is_empty());
+    }
+
+    #[test]
+    fn uncovered_text_becomes_chunks() {
+        let s = Splitter::new(r"\p{L}+").unwrap();
+        assert_eq!(
+            s.chunks("hello, world! 123"),
+            vec!["hello", ", ", "world", "! 123"]
+        );
+        assert_eq!(s.chunks("  x"), vec!["  ", "x"]);
+        assert_eq!(s.chunks("!!"), vec!["!!"]);
+        // Empty matches never drop a character either.
+        let e = Splitter::new(r"a*").unwrap();
+        assert_eq!(e.chunks("baab"), vec!["b", "aa", "b"]);
+        let l = Splitter::new(r"(?=x)").unwrap();
+        assert_eq!(l.chunks("yxy").concat(), "yxy");
+    }
+
+    #[test]
+    fn splitting_in_parts_equals_splitting_whole() {
+        let text = "Hello world's 12345 foo!!\n\n  bar, baz... é€😀 東京 \r\n x".repeat(7);
+        for pattern in [DEFAULT_PATTERN, r"\p{L}+", r"a*", r"\s+(?!\S)|\w+"] {
+            let s = Splitter::new(pattern).unwrap();
+            let whole = s.chunks(&text);
+            for max in [1, 2, 5, 17, 100, 10_000] {
+                let mut parts = Vec::new();
+                let mut from = 0;
+                let mut steps = 0;
+                while from < text.len() {
+                    from = s.split_part(&text, from, max, |c| parts.push(c));
+                    steps += 1;
+                }
+                assert_eq!(parts, whole, "{pattern} in parts of {max}");
+                if max == 1 {
+                    assert!(steps > 10, "{pattern}: {steps} steps");
+                }
+            }
+        }
     }
 
     #[test]

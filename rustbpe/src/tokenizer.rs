@@ -9,6 +9,9 @@ use crate::bpe::{EncodeState, MergeTables};
 use crate::error::BpeError;
 use crate::pretok::Splitter;
 
+/// Most ids a tokenizer may have (bytes, merges and special tokens together): 2^24.
+pub const MAX_VOCAB_SIZE: usize = 1 << 24;
+
 /// A trained byte-level BPE tokenizer. Ids 0..256 are bytes, then one id per merge, then the
 /// special tokens in registration order.
 pub struct Tokenizer {
@@ -36,13 +39,36 @@ pub enum Allowed {
 
 impl Tokenizer {
     /// Builds a tokenizer from merges (in order), special-token names and a split pattern.
+    ///
+    /// At most [`MAX_VOCAB_SIZE`] ids; the tokens' total size is not limited here, so merges
+    /// from an untrusted source go through [`Self::with_limit`].
     pub fn new(
         pattern: &str,
         merges: Vec<(u32, u32)>,
         specials: Vec<String>,
     ) -> Result<Self, BpeError> {
-        let splitter = Splitter::new(pattern)?;
-        let mut vocab: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        Self::with_limit(pattern, merges, specials, u64::MAX)
+    }
+
+    /// Like [`Self::new`], but fails when the bytes of all tokens together would exceed
+    /// `max_total_bytes`: a few merges can describe exponentially long tokens (each merge can
+    /// double a token), so a tokenizer read from a file must be bounded before it is built.
+    pub fn with_limit(
+        pattern: &str,
+        merges: Vec<(u32, u32)>,
+        specials: Vec<String>,
+        max_total_bytes: u64,
+    ) -> Result<Self, BpeError> {
+        let ids = 256u64 + merges.len() as u64 + specials.len() as u64;
+        if ids > MAX_VOCAB_SIZE as u64 {
+            return Err(BpeError::Invalid(format!(
+                "{ids} token ids is more than the limit of {MAX_VOCAB_SIZE}"
+            )));
+        }
+        // Token lengths first, from the merges alone, in checked arithmetic.
+        let mut lengths: Vec<u64> = vec![1; 256];
+        lengths.reserve(merges.len());
+        let mut total: u64 = 256;
         for (i, &(a, b)) in merges.iter().enumerate() {
             let id = 256 + i;
             if a as usize >= id || b as usize >= id {
@@ -50,6 +76,20 @@ impl Tokenizer {
                     "merge {i} ({a}, {b}) refers to a token that does not exist yet"
                 )));
             }
+            let len = lengths[a as usize].saturating_add(lengths[b as usize]);
+            total = total.saturating_add(len);
+            if total > max_total_bytes {
+                return Err(BpeError::Invalid(format!(
+                    "merge {i} ({a}, {b}) makes the tokens longer than {max_total_bytes} bytes \
+                     in total (token {id} alone would be {len} bytes)"
+                )));
+            }
+            lengths.push(len);
+        }
+        let splitter = Splitter::new(pattern)?;
+        let mut vocab: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        vocab.reserve(merges.len());
+        for &(a, b) in merges.iter() {
             let mut bytes = vocab[a as usize].clone();
             bytes.extend_from_slice(&vocab[b as usize]);
             vocab.push(bytes);

@@ -85,6 +85,29 @@ impl ChunkCounter {
         }
     }
 
+    /// Splits `text` from byte `from` (0, or where the previous part of the same text ended)
+    /// until about `max_bytes` bytes are counted; returns where it stopped (`text.len()` at
+    /// the end). Counting a huge text part by part counts exactly what [`Self::add_batch`]
+    /// would, in steps of bounded time.
+    pub fn add_part(
+        &mut self,
+        splitter: &Splitter,
+        text: &str,
+        from: usize,
+        max_bytes: usize,
+    ) -> usize {
+        let mut m: FxHashMap<&str, i64> = FxHashMap::default();
+        let end = splitter.split_part(text, from, max_bytes, |c| *m.entry(c).or_insert(0) += 1);
+        for (chunk, n) in m {
+            if let Some(v) = self.counts.get_mut(chunk) {
+                *v += n;
+            } else {
+                self.counts.insert(chunk.into(), n);
+            }
+        }
+        end
+    }
+
     /// Number of distinct chunks seen so far.
     pub fn len(&self) -> usize {
         self.counts.len()
@@ -148,27 +171,41 @@ fn initial_pairs(
 
 /// Learns up to `num_merges` merges from `words` (byte-id sequences) weighted by `counts`.
 ///
-/// `progress(done, total)` is called every `every` merges and once at the end; an error from it
-/// stops training and is returned. Training stops early when no pair is left.
+/// `progress(done, total)` is called every `every` merges and once at the end, `tick()` after
+/// every merge (for cheap checks such as a pending Ctrl-C); an error from either stops training
+/// and is returned. Training stops early when no pair is left, and after at most
+/// `MAX_VOCAB_SIZE - 256` merges whatever `num_merges` asks for.
 pub fn learn_merges<E>(
     mut words: Vec<Vec<u32>>,
     counts: Vec<i64>,
     num_merges: usize,
     every: usize,
     progress: &mut dyn FnMut(usize, usize) -> Result<(), E>,
+    tick: &mut dyn FnMut() -> Result<(), E>,
 ) -> Result<Vec<(u32, u32)>, E> {
+    let limit = num_merges.min(crate::tokenizer::MAX_VOCAB_SIZE - 256);
     let (mut pair_counts, mut positions) = initial_pairs(&words, &counts);
+    // Long chunks are merged through per-chunk pair positions, so that a merge costs in
+    // proportion to its occurrences, not to the chunk's length (a chunk of a megabyte would
+    // otherwise be rescanned by every merge that touches it).
+    let mut long: FxHashMap<u32, LongWord> = FxHashMap::default();
+    for (wi, w) in words.iter_mut().enumerate() {
+        if w.len() > LONG {
+            long.insert(wi as u32, LongWord::new(std::mem::take(w)));
+        }
+    }
     let mut heap: BinaryHeap<(i64, Reverse<PairKey>)> = pair_counts
         .iter()
         .filter(|(_, &n)| n > 0)
         .map(|(&k, &n)| (n, Reverse(k)))
         .collect();
-    let mut merges: Vec<(u32, u32)> = Vec::with_capacity(num_merges);
+    // Never reserve more than there can be merges: one per distinct pair at most.
+    let mut merges: Vec<(u32, u32)> = Vec::with_capacity(limit.min(heap.len()));
     let every = every.max(1);
     // Pairs created by the current merge (they all contain its new id): count and chunks.
     let mut fresh: FxHashMap<PairKey, (i64, Vec<u32>)> = FxHashMap::default();
 
-    while merges.len() < num_merges {
+    while merges.len() < limit {
         let Some((n, Reverse(k))) = heap.pop() else {
             break;
         };
@@ -189,6 +226,13 @@ pub fn learn_merges<E>(
         let where_ = positions.remove(&k).unwrap_or_default();
 
         for &wi in &where_ {
+            if let Some(lw) = long.get_mut(&wi) {
+                let cnt = counts[wi as usize];
+                lw.merge(k, new_id, &mut |pk, delta| {
+                    adjust(&mut pair_counts, &mut fresh, new_id, pk, delta * cnt, wi)
+                });
+                continue;
+            }
             let w = &mut words[wi as usize];
             let cnt = counts[wi as usize];
             let len = w.len();
@@ -240,11 +284,85 @@ pub fn learn_merges<E>(
         if merges.len().is_multiple_of(every) {
             progress(merges.len(), num_merges)?;
         }
+        tick()?;
     }
     if !merges.len().is_multiple_of(every) || merges.is_empty() {
         progress(merges.len(), num_merges)?;
     }
     Ok(merges)
+}
+
+/// Chunks longer than this many ids are merged as [`LongWord`]s.
+const LONG: usize = 128;
+
+/// Marks a dead slot in a [`LongWord`] (its id was merged into the slot before it).
+const DEAD: u32 = u32::MAX;
+
+/// A long chunk as a doubly linked list of ids with, for every pair, the slots where it starts.
+///
+/// Position lists may hold stale slots (the pair there was since merged away or changed); a
+/// slot is checked when its pair is merged. Every new pair gets its slot recorded, so every
+/// live occurrence is in its pair's list.
+struct LongWord {
+    ids: Vec<u32>,
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    at: FxHashMap<PairKey, Vec<u32>>,
+}
+
+impl LongWord {
+    fn new(ids: Vec<u32>) -> Self {
+        let n = ids.len() as u32;
+        let next = (1..=n).map(|i| if i < n { i } else { DEAD }).collect();
+        let prev = (0..n).map(|i| if i > 0 { i - 1 } else { DEAD }).collect();
+        let mut at: FxHashMap<PairKey, Vec<u32>> = FxHashMap::default();
+        for (i, p) in ids.windows(2).enumerate() {
+            at.entry(key(p[0], p[1])).or_default().push(i as u32);
+        }
+        Self {
+            ids,
+            next,
+            prev,
+            at,
+        }
+    }
+
+    /// Replaces the occurrences of pair `k` by `new_id` from left to right (non-overlapping, as
+    /// the flat-vector merge does), calling `change(pair, +1 | -1)` for every pair count that
+    /// changes, in the same order as the flat-vector merge.
+    fn merge(&mut self, k: PairKey, new_id: u32, change: &mut dyn FnMut(PairKey, i64)) {
+        let (a, b) = unkey(k);
+        let Some(mut slots) = self.at.remove(&k) else {
+            return;
+        };
+        slots.sort_unstable();
+        slots.dedup();
+        for p in slots {
+            let pu = p as usize;
+            let q = self.next[pu];
+            if self.ids[pu] != a || q == DEAD || self.ids[q as usize] != b {
+                continue;
+            }
+            let x = self.prev[pu];
+            if x != DEAD {
+                let xid = self.ids[x as usize];
+                change(key(xid, a), -1);
+                change(key(xid, new_id), 1);
+                self.at.entry(key(xid, new_id)).or_default().push(x);
+            }
+            let y = self.next[q as usize];
+            if y != DEAD {
+                let yid = self.ids[y as usize];
+                change(key(b, yid), -1);
+                change(key(new_id, yid), 1);
+                self.at.entry(key(new_id, yid)).or_default().push(p);
+                self.prev[y as usize] = p;
+            }
+            self.ids[pu] = new_id;
+            self.ids[q as usize] = DEAD;
+            self.next[pu] = y;
+        }
+    }
 }
 
 /// Adds `delta` to the count of pair `k`: pairs containing `new_id` live in `fresh` (and note
@@ -280,7 +398,16 @@ pub fn train_texts<S: AsRef<str> + Sync>(
     counter.add_batch(splitter, texts);
     let (words, counts) = counter.into_words();
     let mut none = |_: usize, _: usize| Ok::<(), ()>(());
-    learn_merges(words, counts, num_merges, usize::MAX, &mut none).unwrap_or_default()
+    let mut no_tick = || Ok::<(), ()>(());
+    learn_merges(
+        words,
+        counts,
+        num_merges,
+        usize::MAX,
+        &mut none,
+        &mut no_tick,
+    )
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -338,6 +465,47 @@ mod tests {
     }
 
     #[test]
+    fn long_chunks_train_like_short_ones() {
+        // Chunks far over LONG ids (runs of letters), with repeats and self-overlapping pairs.
+        let mut seed = 7u64;
+        let mut texts: Vec<String> = Vec::new();
+        for len in [300usize, 700, 1500, 129, 2000] {
+            let word: String = (0..len)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ['a', 'a', 'b', 'c'][(seed >> 62) as usize]
+                })
+                .collect();
+            texts.push(format!("{word} {word} x{word}"));
+        }
+        texts.push("a".repeat(1000) + " " + &"ab".repeat(600));
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let splitter = Splitter::new(DEFAULT_PATTERN).unwrap();
+        assert_eq!(train_texts(&splitter, &refs, 150), reference(&refs, 150));
+    }
+
+    #[test]
+    fn counting_in_parts_equals_counting_whole() {
+        let splitter = Splitter::new(DEFAULT_PATTERN).unwrap();
+        let text = "the cat sat on the mat, the hat!\n\nthe end 12345 ".repeat(50);
+        let mut whole = ChunkCounter::new();
+        whole.add_batch(&splitter, &[text.as_str()]);
+        let mut parts = ChunkCounter::new();
+        let mut from = 0;
+        while from < text.len() {
+            from = parts.add_part(&splitter, &text, from, 37);
+        }
+        let sorted = |c: ChunkCounter| {
+            let mut v: Vec<_> = c.counts.into_iter().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(parts), sorted(whole));
+    }
+
+    #[test]
     fn stops_when_no_pairs_are_left() {
         let splitter = Splitter::new(DEFAULT_PATTERN).unwrap();
         let merges = train_texts(&splitter, &["ab ab"], 100);
@@ -352,7 +520,13 @@ mod tests {
             Ok::<(), ()>(())
         };
         let words = vec![vec![1, 2, 3, 4, 5]];
-        learn_merges(words, vec![1], 4, 2, &mut cb).unwrap();
+        let mut ticks = 0;
+        let mut tick = || {
+            ticks += 1;
+            Ok::<(), ()>(())
+        };
+        learn_merges(words, vec![1], 4, 2, &mut cb, &mut tick).unwrap();
+        assert_eq!(ticks, 4);
         assert_eq!(seen, vec![(2, 4), (4, 4)]);
     }
 }

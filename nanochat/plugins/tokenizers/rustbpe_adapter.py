@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import nanochat_rustbpe
 
-from nanochat.core.errors import NanochatError
+from nanochat.core.errors import NanochatError, UsageError
 from nanochat.core.special_tokens import BOS
 from nanochat.plugins.tokenizers.options import TokenizerOptions
 
@@ -44,10 +45,22 @@ def check_meta(directory: Path, implementation: str) -> None:
 
 
 def check_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
-    """Fail clearly when ``vocab_size`` cannot hold the 256 bytes and the special tokens."""
-    if vocab_size < 256 + len(special_tokens):
-        raise NanochatError(
-            f"vocab_size {vocab_size} is too small: need at least {256 + len(special_tokens)}"
+    """Fail clearly when ``vocab_size`` is not an integer from 256 + specials to the maximum.
+
+    The maximum (``nanochat_rustbpe.MAX_VOCAB_SIZE``, 2**24) is far above any useful vocabulary
+    and keeps every table sized by the vocabulary within memory.
+    """
+    low, high = 256 + len(special_tokens), nanochat_rustbpe.MAX_VOCAB_SIZE
+    try:
+        if isinstance(vocab_size, bool):
+            raise TypeError
+        vocab_size = operator.index(vocab_size)  # int, or an integer type such as numpy's
+    except TypeError:
+        raise UsageError(f"tokenizer.vocab_size must be an integer, got {vocab_size!r}") from None
+    if not low <= vocab_size <= high:
+        raise UsageError(
+            f"tokenizer.vocab_size must be from {low} (256 bytes + {len(special_tokens)} special"
+            f" tokens) to {high}, got {vocab_size}"
         )
 
 
@@ -119,13 +132,19 @@ class RustBPEFactory:
     ) -> RustBPETokenizer:
         """Train on ``texts`` to ``vocab_size`` ids, special tokens included."""
         check_vocab_size(vocab_size, special_tokens)
-        inner = nanochat_rustbpe.Tokenizer.train(
-            texts,
-            vocab_size=vocab_size,
-            pattern=self.options.pattern or None,
-            special_tokens=list(special_tokens),
-            progress=progress,
-        )
+        try:
+            inner = nanochat_rustbpe.Tokenizer.train(
+                texts,
+                vocab_size=vocab_size,
+                pattern=self.options.pattern or None,
+                special_tokens=list(special_tokens),
+                progress=progress,
+            )
+        except ValueError as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if message.startswith("invalid split pattern"):
+                raise UsageError(f"tokenizer.pattern: {message}") from None
+            raise NanochatError(f"rustbpe training failed: {message}") from None
         return RustBPETokenizer(inner)
 
     def load(self, directory: Path) -> RustBPETokenizer:

@@ -71,12 +71,14 @@ class TokenizerStage:
                     "above 0)"
                 )
             factory = ctx.tokenizer_factory()
-            bar = Progress(opts.vocab_size, "tokenizer", "ids learned", owner=ctx.stage_name)
+            bars: list[Progress] = []  # made at the first report, after the options are checked
 
             def progress(done: int, total: int) -> None:
-                if total != bar.total:
-                    bar.set_total(total)
-                bar.set_done(done)
+                if not bars:
+                    bars.append(Progress(total, "tokenizer", "ids learned", owner=ctx.stage_name))
+                if total != bars[0].total:
+                    bars[0].set_total(total)
+                bars[0].set_done(done)
 
             started = time.perf_counter()
             texts = capped_texts(
@@ -84,7 +86,8 @@ class TokenizerStage:
             )
             tokenizer = factory.train(texts, opts.vocab_size, list(SPECIAL_TOKENS), progress)
             train_seconds = time.perf_counter() - started
-            bar.close()
+            for bar in bars:
+                bar.close()
             ctx.save_tokenizer(tokenizer)
             bpt, n_bytes, n_tokens = bytes_per_token(tokenizer, held_out)
             result = {

@@ -6,6 +6,6 @@ Training and encoding release the GIL and run on all cores. Encoding gives the s
 
 from __future__ import annotations
 
-from nanochat_rustbpe._rustbpe import DEFAULT_PATTERN, Tokenizer
+from nanochat_rustbpe._rustbpe import DEFAULT_PATTERN, MAX_VOCAB_SIZE, Tokenizer
 
-__all__ = ["DEFAULT_PATTERN", "Tokenizer"]
+__all__ = ["DEFAULT_PATTERN", "MAX_VOCAB_SIZE", "Tokenizer"]

@@ -3,6 +3,7 @@
 from collections.abc import Callable, Iterable
 
 DEFAULT_PATTERN: str
+MAX_VOCAB_SIZE: int
 
 class Tokenizer:
     """A byte-level BPE tokenizer: ids 0-255 are bytes, then one id per merge, then specials."""
@@ -19,6 +20,9 @@ class Tokenizer:
         """Train on ``texts`` up to ``vocab_size`` ids (bytes + merges + special tokens).
 
         ``progress(done, total)`` is called every ~0.5% of the merges and at the end.
+        ``vocab_size`` must lie in ``256 + len(special_tokens) .. MAX_VOCAB_SIZE`` and
+        ``batch_size`` in ``1 .. 2**20`` (ValueError otherwise). Ctrl-C interrupts training
+        within a fraction of a second (KeyboardInterrupt).
         """
 
     @property

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from nanochat_rustbpe import DEFAULT_PATTERN, Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.corpus
-from benchmarks.corpus import corpus_bytes, load_corpus  # noqa: E402
+import tiktoken  # noqa: E402 - a test dependency: missing it must fail, not skip
 
-tiktoken = pytest.importorskip("tiktoken")
-pypi_rustbpe = pytest.importorskip("rustbpe")
+import rustbpe as pypi_rustbpe  # noqa: E402
+from benchmarks.corpus import corpus_bytes, load_corpus  # noqa: E402
 
 SPECIALS = ["<|bos|>", "<|user_start|>", "<|user_end|>"]
 GPT4_PATTERN = DEFAULT_PATTERN.replace(r"\p{N}{1,2}", r"\p{N}{1,3}")
@@ -148,7 +148,8 @@ def test_encode_equals_tiktoken_on_whole_corpus(
 def test_hf_json_loads_and_encodes_identically(
     corpus: list[str], tok: Tokenizer, tmp_path: Path
 ) -> None:
-    hf = pytest.importorskip("tokenizers")
+    import tokenizers as hf
+
     path = tmp_path / "tokenizer.json"
     tok.save_hf_json(str(path))
     loaded = hf.Tokenizer.from_file(str(path))

@@ -97,7 +97,7 @@ def test_progress_in_a_log_is_plain_periodic_lines(home: Path, plugin_sites) -> 
     assert len(set(lines)) == len(lines)
     # per-step records are left to the progress lines: no step printed twice
     assert not re.search(r"^\[pretrain\] step \d+ \|", result.stdout, re.M), result.stdout[-2000:]
-    assert "[pretrain] eval | step 19" in result.stdout  # evaluations are still printed
+    assert "[pretrain] eval step 19 | val_bpb " in result.stdout  # evaluations are still printed
     assert "[tokenizer] stage 1/2" in result.stdout and "[pretrain] stage 2/2" in result.stdout
     evaluated = run_cli(
         ["eval", "bpb", "--run", "log", "-o", "eval-bpb.tokens=2048"],

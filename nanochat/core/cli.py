@@ -76,12 +76,12 @@ def cli(plugin_options: tuple[str, ...], debug: bool, verbose: int, quiet: bool)
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
-    """Log warnings (default), info (-v), debug (-vv) or errors only (-q) to stderr."""
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO)[min(verbose, 1)]
-    if verbose >= 2:
-        level = logging.DEBUG
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("nanochat").setLevel(level)
+    """Log warnings (default), info (-v), debug (-vv) or errors only (-q) to stderr, for the core
+    and every plugin alike."""
+    level = (
+        logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    )
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=level, force=True)
 
 
 @cli.command("plugins")

@@ -9,7 +9,6 @@ the stages whose specs declare ``produces=("model",)``.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
     from nanochat.core.metrics import Metrics
     from nanochat.core.models import Model, ModelFactory
     from nanochat.core.runtime import Runtime
-
-logger = logging.getLogger(__name__)
 
 TOKENIZER_DIR = "tokenizer"
 MADE_BY_FILE = "made_by.json"

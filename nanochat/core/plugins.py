@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -23,8 +22,6 @@ import pluggy
 
 from nanochat.core import hookspecs
 from nanochat.core.errors import PluginLoadError, UsageError
-
-logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "nanochat"
 BUILTIN_DISTRIBUTIONS = frozenset(

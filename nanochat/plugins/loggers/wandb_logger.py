@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, cast
 
 from nanochat.core.errors import StageError
 from nanochat.plugins.loggers.options import WandbOptions
-
-logger = logging.getLogger(__name__)
 
 
 def choose_mode(requested: str) -> str:

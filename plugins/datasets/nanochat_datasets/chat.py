@@ -8,7 +8,6 @@ Both stream their files chunk by chunk, line by line; a bad line fails naming it
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ from nanochat.core.data import (
 from nanochat_datasets import files
 from nanochat_datasets.options import DemoOptions, LocalFileOptions
 from nanochat_datasets.text import package_dir
-
-logger = logging.getLogger(__name__)
 
 SHAREGPT_ROLES = {
     "human": "user",

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from nanochat.core.data import DataError
-
-logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES: tuple[str, ...] = (".parquet", ".jsonl", ".txt")
 JSONL_CHUNK_BYTES = 2 << 20

@@ -7,7 +7,6 @@ back) in a second instead of after the library's minute of retries.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import socket
 from collections.abc import Iterable
@@ -19,8 +18,6 @@ from nanochat.core.data import Conversation, DataError, ListDataset
 from nanochat_datasets import files
 from nanochat_datasets.chat import record_conversation
 from nanochat_datasets.options import SmoltalkOptions
-
-logger = logging.getLogger(__name__)
 
 SPLIT_ALIASES = {"val": ("val", "validation", "test"), "test": ("test", "validation", "val")}
 

@@ -8,7 +8,6 @@ and counted (``dataset.skipped``, and one warning line per unit naming the file)
 from __future__ import annotations
 
 import importlib.util
-import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +20,6 @@ from nanochat_datasets.options import (
     TextFilesOptions,
     default_fineweb_dir,
 )
-
-logger = logging.getLogger(__name__)
 
 Unit = tuple[Path, int | None]
 

@@ -13,8 +13,8 @@ from nanochat.core.special_tokens import SPECIAL_TOKENS
 
 #: The smallest vocabulary a tokenizer can have: the 256 bytes and the special tokens.
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
-#: The largest vocabulary: token ids must fit in a signed 32-bit integer.
-MAX_VOCAB_SIZE = 2**31 - 1
+#: The largest vocabulary any built-in tokenizer trains (nanochat_rustbpe.MAX_VOCAB_SIZE).
+MAX_VOCAB_SIZE = 2**24
 
 
 @dataclass

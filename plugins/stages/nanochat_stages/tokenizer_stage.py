@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,8 @@ from nanochat.core.data_refs import open_dataset
 from nanochat.core.progress import Progress
 from nanochat.core.special_tokens import SPECIAL_TOKENS
 from nanochat_stages.options import TokenizerStageOptions
+
+logger = logging.getLogger(__name__)
 
 
 def capped_texts(docs: Iterator[tuple[Any, Any]], max_chars: int, doc_cap: int) -> Iterator[str]:
@@ -98,6 +101,15 @@ class TokenizerStage:
                 "eval_bytes": n_bytes,
                 "eval_tokens": n_tokens,
             }
+            if tokenizer.vocab_size < opts.vocab_size:
+                result["vocab_size_requested"] = opts.vocab_size
+                logger.warning(
+                    "the tokenizer reached only %d of the %d ids asked for: the training text "
+                    "has too few distinct pieces (give more text: -o tokenizer.max_chars=..., "
+                    "or ask for fewer ids: -o tokenizer.vocab_size=...)",
+                    tokenizer.vocab_size,
+                    opts.vocab_size,
+                )
             ctx.log(**result)
         runtime.barrier()
         return result

@@ -133,6 +133,7 @@ SCRIPT = """
 """
 
 
+@pytest.mark.slow
 def test_a_failing_run_exits_with_its_error_not_an_abort(tmp_path: Path) -> None:
     """The process used to die with ``FATAL: exception not rethrown`` (SIGABRT) about half the
     time: a daemon thread was cut off inside the Rust tokenizer as Python shut down."""
@@ -249,6 +250,7 @@ def _short_validation_corpus(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_pretrain_run_that_fails_after_its_data_threads_start_exits_cleanly(
     tmp_path: Path,
 ) -> None:

@@ -198,6 +198,7 @@ def _loss_on_held_out(home: Path, run: str, stage: str) -> float:
     return evaluate_chat_loss(model, batches, init_runtime("cpu"))
 
 
+@pytest.mark.slow
 def test_sft_validation_loss_falls_below_the_base_model(chat_home: Path) -> None:
     sft, midtrain = done(chat_home, "c", "sft"), done(chat_home, "c", "midtrain")
     base = _loss_on_held_out(chat_home, "c", "pretrain")
@@ -240,6 +241,7 @@ def _weights(home: Path, run: str, stage: str, step: int) -> dict[str, torch.Ten
     return load_file(str(path / "model.safetensors"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stage", "last", "restart"), [("midtrain", 15, 7), ("sft", 11, 7)])
 def test_exact_resume_equals_straight_run(
     chat_home: Path, tmp_path: Path, stage: str, last: int, restart: int

@@ -138,6 +138,7 @@ def final_weights(home: Path, name: str, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_exact_resume_equals_straight_run(tmp_path: Path, trained_tokenizer: Path) -> None:
     args = [
         *SMALL,
@@ -212,6 +213,7 @@ def test_torchrun_two_ranks_follow_the_single_process_curve(
     assert len(list((tmp_path / "runs" / "two").glob("pretrain/checkpoints/step_*"))) == 1
 
 
+@pytest.mark.slow
 def test_sigkill_during_pretrain_resumes(tmp_path: Path, trained_tokenizer: Path) -> None:
     prepare_run(tmp_path, "k", trained_tokenizer)
     args = [

@@ -51,6 +51,15 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _singular(unit: str) -> str:
+    """``steps`` -> ``step``, ``batches`` -> ``batch`` (tqdm adds its own ``/s``)."""
+    if unit.endswith(("ches", "shes", "sses")):
+        return unit[:-2]
+    if unit.endswith("s") and not unit.endswith("ss") and len(unit) > 2:
+        return unit[:-1]
+    return unit
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -83,7 +92,7 @@ class Progress:
         self.total = total or None
         self.desc = desc
         self.unit = unit
-        self.done = float(initial)
+        self.done: float = initial
         self.stream = stream or sys.stderr
         self.style = progress_style(self.stream) if enabled else "off"
         self.interval = float(os.environ.get(ENV_INTERVAL) or DEFAULT_INTERVAL)
@@ -101,7 +110,7 @@ class Progress:
                 total=self.total,
                 initial=initial,
                 desc=desc,
-                unit=unit[:-1] if unit.endswith("s") and len(unit) > 2 else unit,
+                unit=_singular(unit),
                 file=self.stream,
                 dynamic_ncols=True,
             )
@@ -122,7 +131,7 @@ class Progress:
         if self._bar is not None:
             if postfix:
                 self._bar.set_postfix({k: _format_value(v) for k, v in postfix.items()})
-            self._bar.update(n)
+            self._bar.update(int(n) if float(n).is_integer() else n)
         elif self.style == "lines":
             now = time.monotonic()
             if now - self._last_line >= self.interval:

@@ -110,6 +110,5 @@ class TokenizerStage:
                     tokenizer.vocab_size,
                     opts.vocab_size,
                 )
-            ctx.log(**result)
         runtime.barrier()
         return result

@@ -13,13 +13,16 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from nanochat.core import registry as registry_module
 from nanochat.core.errors import NanochatError, UsageError
 from nanochat.core.registry import Registry, normalize_kind
+
+if TYPE_CHECKING:
+    from nanochat.core.plan import RunPlan
 
 _DEBUG_FLAG = "--debug"
 # What `run` and `eval` use when neither the command, the run's record nor the preset names a
@@ -288,10 +291,28 @@ def run_command(
     Works the same under `torchrun --nproc_per_node=N`.
     """
     from nanochat.core.pipeline import run_pipeline
-    from nanochat.core.plan import plan_run
 
     reg = registry_module.get_registry()
-    plan = plan_run(
+    plan = _plan(reg, stages, run_name, preset, overrides, model, tokenizer, loggers, device)
+    with torchrun_runtime(device) as runtime:
+        run_pipeline(plan, reg, runtime)
+
+
+def _plan(
+    reg: Registry,
+    stages: Sequence[str],
+    run_name: str,
+    preset: str | None,
+    overrides: Sequence[str],
+    model: str | None,
+    tokenizer: str | None,
+    loggers: Sequence[str],
+    device: str,
+) -> RunPlan:
+    """``plan_run`` with the CLI's default model and tokenizer names."""
+    from nanochat.core.plan import plan_run
+
+    return plan_run(
         reg,
         stages,
         run_name,
@@ -301,10 +322,8 @@ def run_command(
         tokenizer,
         loggers,
         device,
-        DEFAULT_COMPONENTS,
+        defaults=DEFAULT_COMPONENTS,
     )
-    with torchrun_runtime(device) as runtime:
-        run_pipeline(plan, reg, runtime)
 
 
 @cli.command("eval", context_settings={"show_default": True})
@@ -322,21 +341,10 @@ def eval_command(
 ) -> None:
     """Evaluate the newest model of a run with evaluator NAME and print its metrics (JSON)."""
     from nanochat.core.pipeline import run_eval
-    from nanochat.core.plan import plan_run
 
     reg = registry_module.get_registry()
-    plan = plan_run(
-        reg,
-        [f"eval:{name}"],
-        run_name,
-        None,
-        overrides,
-        model,
-        tokenizer,
-        loggers,
-        device,
-        DEFAULT_COMPONENTS,
-    )
+    stages = (f"eval:{name}",)
+    plan = _plan(reg, stages, run_name, None, overrides, model, tokenizer, loggers, device)
     with torchrun_runtime(device) as runtime:
         metrics = run_eval(plan, reg, runtime)
     if runtime is None or runtime.is_main:

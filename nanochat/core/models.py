@@ -71,6 +71,10 @@ class GenerationCache(Protocol):
         """Empty ``rows`` (every row when None) so they can take a new sequence."""
         ...
 
+    def copy_rows(self, source: int, targets: Sequence[int]) -> None:
+        """Make each of ``targets`` hold what row ``source`` holds (one prefill, many samples)."""
+        ...
+
 
 @runtime_checkable
 class Model(Protocol):
@@ -107,10 +111,14 @@ class Model(Protocol):
         """An empty generation cache of ``batch_size`` rows (``max_len`` <= ``max_context``)."""
         ...
 
-    def forward_cached(self, idx: torch.Tensor, cache: GenerationCache) -> torch.Tensor:
-        """Run ``T`` new tokens ``idx (B, T)`` for every row of ``cache``; fp32 logits ``(B, T,
-        vocab)``. Each row attends to what it holds and to its own new tokens; every row's
-        position then moves on by ``T``.
+    def forward_cached(
+        self, idx: torch.Tensor, cache: GenerationCache, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run ``T`` new tokens ``idx (B, T)`` for rows of ``cache``; fp32 logits ``(B, T,
+        vocab)``. ``rows`` (a long tensor of ``B`` distinct row indices) says which cache row
+        each line of ``idx`` continues; None means every row, in order. Each such row attends to
+        what it holds and to its own new tokens, then its position moves on by ``T``; the other
+        rows are untouched.
 
         Raises:
             ValueError: a row would exceed the cache's ``max_len``.

@@ -63,7 +63,7 @@ def check_forward(model: Model) -> None:
         logits.reshape(-1, VOCAB_SIZE), targets.reshape(-1), ignore_index=-1
     )
     torch.testing.assert_close(mean, expected, rtol=1e-4, atol=1e-4)
-    assert math.isfinite(float(mean)), "loss is not finite"
+    assert math.isfinite(float(mean.detach())), "loss is not finite"
 
 
 def check_causal(model: Model) -> None:
@@ -165,6 +165,31 @@ def check_generation_cache(model: Model) -> None:
     torch.testing.assert_close(step[0], alone_short, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(step[1], alone_long, rtol=1e-4, atol=1e-4)
     assert model.new_cache(3).max_len <= model.max_context
+    check_cache_rows(model)
+
+
+@torch.no_grad()
+def check_cache_rows(model: Model) -> None:
+    """``rows`` runs a subset of cache rows (the others untouched), in any order, and
+    ``copy_rows`` shares one prefill between rows."""
+    idx = _batch(model, rows=2, length=9)
+    a, b = idx[0:1], idx[1:2]
+    cache = model.new_cache(3, 12)
+    model.forward_cached(a[:, :6], cache, rows=torch.tensor([2]))
+    model.forward_cached(b[:, :4], cache, rows=torch.tensor([0]))
+    assert cache.positions.tolist() == [4, 0, 6], "rows= must advance only the rows given"
+    step = model.forward_cached(torch.cat([a[:, 6:7], b[:, 4:5]]), cache, rows=torch.tensor([2, 0]))
+    torch.testing.assert_close(step[0, -1], model(a[:, :7])[0, -1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(step[1, -1], model(b[:, :5])[0, -1], rtol=1e-4, atol=1e-4)
+    cache = model.new_cache(3, 12)
+    model.forward_cached(a[:, :5], cache, rows=torch.tensor([1]))
+    cache.copy_rows(1, [0, 2])
+    assert cache.positions.tolist() == [5, 5, 5], "copy_rows must copy the position"
+    nxt = torch.tensor([[3], [4], [5]])
+    out = model.forward_cached(nxt, cache)[:, -1]
+    for row in range(3):
+        alone = model(torch.cat([a[:, :5], nxt[row : row + 1]], dim=1))[0, -1]
+        torch.testing.assert_close(out[row], alone, rtol=1e-4, atol=1e-4)
 
 
 def check_model_factory(factory: ModelFactory) -> dict[str, Any]:

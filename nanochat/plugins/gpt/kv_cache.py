@@ -60,44 +60,75 @@ class KVCache:
         else:
             self._positions[list(rows)] = 0
 
-    def prepare(self, new_tokens: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    def copy_rows(self, source: int, targets: Sequence[int]) -> None:
+        """Make each of ``targets`` hold what row ``source`` holds."""
+        targets = [t for t in targets if t != source]
+        if not targets:
+            return
+        held = int(self._positions[source].item())
+        if self.keys is not None and self.values is not None and held:
+            index = torch.tensor(targets, device=self.keys.device)
+            for store in (self.keys, self.values):
+                store[:, index, :, :held] = store[:, source : source + 1, :, :held].clone()
+        self._positions[targets] = held
+
+    def prepare(
+        self, new_tokens: int, device: torch.device, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, int]:
         """Before a forward pass of ``new_tokens`` per row: the positions of the new tokens
-        ``(batch, new_tokens)`` and how many key slots the pass must read.
+        ``(rows, new_tokens)`` and how many key slots the pass must read.
 
         Raises:
             ValueError: a row would exceed ``max_len``.
         """
         if self._positions.device != device:
             self._positions = self._positions.to(device)
-        positions = self._positions[:, None] + torch.arange(new_tokens, device=device)[None, :]
+        held = self._positions if rows is None else self._positions[rows]
+        positions = held[:, None] + torch.arange(new_tokens, device=device)[None, :]
         needed = int(positions[:, -1].max().item()) + 1
         if needed > self.max_len:
             raise ValueError(f"KV cache full: {needed} positions needed, {self.max_len} allocated")
         return positions, needed
 
     def insert_kv(
-        self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, length: int
+        self,
+        layer_idx: int,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        length: int,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one layer's new keys/values at each row's positions; return the first
-        ``length`` slots of every row.
+        ``length`` slots of those rows.
 
         Args:
             layer_idx: the block writing.
-            k: new keys, ``(batch, n_kv_head, T, head_dim)``.
+            k: new keys, ``(B, n_kv_head, T, head_dim)``.
             v: new values, same shape.
-            positions: ``(batch, T)`` positions of the new tokens (from :meth:`prepare`).
+            positions: ``(B, T)`` positions of the new tokens (from :meth:`prepare`).
             length: how many slots to return.
+            rows: the cache rows of the ``B`` lines (None: every row, in order).
         """
         if self.keys is None or self.values is None:
             self.keys = torch.empty(self.shape, device=k.device, dtype=k.dtype)
             self.values = torch.empty(self.shape, device=k.device, dtype=k.dtype)
         b, h, t, d = k.shape
-        index = positions[:, None, :, None].expand(b, h, t, d)
         layer_k, layer_v = self.keys[layer_idx], self.values[layer_idx]
-        layer_k.scatter_(2, index, k.to(layer_k.dtype))
-        layer_v.scatter_(2, index, v.to(layer_v.dtype))
-        return layer_k[:, :, :length], layer_v[:, :, :length]
+        if rows is None:
+            index = positions[:, None, :, None].expand(b, h, t, d)
+            layer_k.scatter_(2, index, k.to(layer_k.dtype))
+            layer_v.scatter_(2, index, v.to(layer_v.dtype))
+            return layer_k[:, :, :length], layer_v[:, :, :length]
+        heads = torch.arange(h, device=k.device)[None, :, None]
+        where = (rows[:, None, None], heads, positions[:, None, :])
+        layer_k[where] = k.to(layer_k.dtype)
+        layer_v[where] = v.to(layer_v.dtype)
+        return layer_k[rows, :, :length], layer_v[rows, :, :length]
 
-    def advance(self, new_tokens: int) -> None:
-        """Move every row on by ``new_tokens`` (after the last layer wrote)."""
-        self._positions += new_tokens
+    def advance(self, new_tokens: int, rows: torch.Tensor | None = None) -> None:
+        """Move ``rows`` (every row when None) on by ``new_tokens`` after the last layer wrote."""
+        if rows is None:
+            self._positions += new_tokens
+        else:
+            self._positions[rows] += new_tokens

@@ -86,6 +86,7 @@ class CachedPass:
     positions: torch.Tensor  # (B, T) position of each new token
     length: int  # key slots to read per row
     mask: torch.Tensor  # (B, 1, T, length): key j visible to the token at position p if j <= p
+    rows: torch.Tensor | None  # the cache rows of the batch's lines (None: all, in order)
 
 
 def rotary_tables(
@@ -142,7 +143,9 @@ class CausalSelfAttention(nn.Module):
         groups = self.n_head // self.n_kv_head
         gqa: dict[str, Any] = {}
         if cached is not None:
-            k, v = cached.cache.insert_kv(self.layer_idx, k, v, cached.positions, cached.length)
+            k, v = cached.cache.insert_kv(
+                self.layer_idx, k, v, cached.positions, cached.length, cached.rows
+            )
             k, v = k.to(q.dtype), v.to(q.dtype)
         if groups > 1:
             if _SDPA_GQA:
@@ -278,28 +281,33 @@ class GPT(nn.Module):
             reduction=loss_reduction,
         )
 
-    def forward_cached(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def forward_cached(
+        self, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run ``T`` new tokens per row of ``cache``; every row at its own position.
 
         Args:
-            idx: new token ids ``(cache.batch_size, T)``.
-            cache: from :meth:`new_cache`; each row's position moves on by ``T``.
+            idx: new token ids ``(B, T)``.
+            cache: from :meth:`new_cache`; each used row's position moves on by ``T``.
+            rows: the cache rows the ``B`` lines continue (None: all ``cache.batch_size`` rows).
 
         Returns:
             fp32 logits ``(B, T, vocab_size)``.
         """
         T = idx.size(1)
-        positions, length = cache.prepare(T, idx.device)
+        if rows is not None:
+            rows = rows.to(idx.device)
+        positions, length = cache.prepare(T, idx.device, rows)
         if length > self.rotary_len:
             raise ValueError(f"sequence of {length} tokens exceeds rotary length {self.rotary_len}")
         cos_sin = self.cos[0][positions], self.sin[0][positions]  # (B, T, 1, D/2)
         keys = torch.arange(length, device=idx.device)
         mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, length)
-        cached = CachedPass(cache, positions, length, mask)
+        cached = CachedPass(cache, positions, length, mask, rows)
         x = norm(self.wte(idx))
         for block in self.block_list():
             x = block(x, cos_sin, cached)
-        cache.advance(T)
+        cache.advance(T, rows)
         return self._logits(x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,11 @@ class GRUCache:
         self.hidden[:, index] = 0.0
         self._positions[index] = 0
 
+    def copy_rows(self, source: int, targets: Sequence[int]) -> None:
+        """Give ``targets`` the state of row ``source``."""
+        self.hidden[:, list(targets)] = self.hidden[:, source : source + 1].clone()
+        self._positions[list(targets)] = int(self._positions[source].item())
+
 
 class GRULanguageModel(nn.Module):
     """Embedding, stacked GRU, output head."""
@@ -93,17 +98,21 @@ class GRULanguageModel(nn.Module):
             raise ValueError(f"max_len={max_len} exceeds the model's context {self.max_context}")
         return GRUCache(batch_size, max_len, self.gru.num_layers, self.gru.hidden_size)
 
-    def forward_cached(self, idx: torch.Tensor, cache: GRUCache) -> torch.Tensor:
-        """Continue every row from its hidden state."""
+    def forward_cached(
+        self, idx: torch.Tensor, cache: GRUCache, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Continue ``rows`` (every row when None) from their hidden states."""
         device = idx.device
         if cache.hidden.device != device:
             cache.hidden = cache.hidden.to(device)
             cache._positions = cache._positions.to(device)
-        if int((cache.positions + idx.size(1)).max()) > cache.max_len:
+        index = torch.arange(cache.batch_size, device=device) if rows is None else rows.to(device)
+        if int((cache.positions[index] + idx.size(1)).max()) > cache.max_len:
             raise ValueError(f"cache full: rows may hold {cache.max_len} tokens")
-        out, hidden = self.gru(self.embed(idx), cache.hidden.to(self.embed.weight.dtype))
-        cache.hidden = hidden.float()
-        cache._positions += idx.size(1)
+        start = cache.hidden[:, index].to(self.embed.weight.dtype)
+        out, hidden = self.gru(self.embed(idx), start.contiguous())
+        cache.hidden[:, index] = hidden.float()
+        cache._positions[index] += idx.size(1)
         return self.head(out).float()
 
 

@@ -125,11 +125,22 @@ def test_cache_rows_keep_their_own_positions() -> None:
 
 
 def test_generate_greedy_matches_argmax() -> None:
-    from nanochat.core.generation import generate_tokens
+    from nanochat.core.engine import Engine, Request, SamplingParams
 
     model = make(depth=1)
     prompt = [3, 1, 4, 1, 5]
-    out = list(generate_tokens(model, prompt, max_tokens=4))
+
+    class Ids:  # the engine needs a tokenizer only to show text
+        vocab_size, special_tokens = 100, {}
+
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+        def encode(self, text):
+            return []
+
+    [[result]] = Engine(model, Ids(), slots=1).complete([Request(prompt, SamplingParams(4))])
+    out = result.tokens
     ids = list(prompt)
     for _ in range(4):
         ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))

@@ -12,7 +12,7 @@ from nanochat.core.conversation import (
     render_for_completion,
 )
 from nanochat.core.data import Conversation
-from nanochat.core.generation import generate_tokens
+from nanochat.core.engine import Completion
 from nanochat.core.progress import Progress
 from nanochat.core.special_tokens import ASSISTANT_END
 from nanochat_stages.chat_batches import pad_rows
@@ -72,7 +72,6 @@ def evaluate_chat_loss(
     return float(sums[0].item() / max(1.0, sums[1].item()))
 
 
-@torch.no_grad()
 def generate_reply(
     model: Any, tokenizer: Any, prompt: list[int], max_tokens: int, runtime: Any = None
 ) -> tuple[list[int], bool]:
@@ -82,15 +81,30 @@ def generate_reply(
         ``(ids, ended)``: the generated ids and whether the turn ended with
         ``<|assistant_end|>`` within ``max_tokens``.
     """
+    [[reply]] = greedy_replies(model, tokenizer, [prompt], max_tokens, runtime)
     end = int(tokenizer.special_tokens[ASSISTANT_END])
-    out: list[int] = []
-    context = runtime.autocast() if runtime is not None else torch.autocast("cpu", enabled=False)
-    with context:
-        for token in generate_tokens(model, prompt, max_tokens):
-            out.append(token)
-            if token == end:
-                return out, True
-    return out, False
+    return reply.tokens, bool(reply.tokens) and reply.tokens[-1] == end
+
+
+def greedy_replies(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    max_tokens: int,
+    runtime: Any = None,
+    max_len: int | None = None,
+) -> list[list[Completion]]:
+    """Greedy continuations of ``prompts``, batched through the engine."""
+    from nanochat.core.engine import Engine, Request, SamplingParams
+
+    if not prompts:
+        return []
+    autocast = runtime.autocast if runtime is not None else None
+    engine = Engine(
+        model, tokenizer, slots=min(8, len(prompts)), max_len=max_len, autocast=autocast
+    )
+    params = SamplingParams(max_tokens=max_tokens)
+    return engine.complete([Request(p, params) for p in prompts])
 
 
 def sample_answers(
@@ -102,13 +116,14 @@ def sample_answers(
     runtime: Any = None,
 ) -> list[str]:
     """Each question and the model's greedy answer, as text with special tokens shown."""
-    out = []
+    prompts = []
     for conversation in conversations:
         try:
-            prompt = render_for_completion(tokenizer, conversation, max_tokens=seq_len - 1)
+            prompts.append(render_for_completion(tokenizer, conversation, max_tokens=seq_len - 1))
         except ConversationTooLong:
             continue
-        budget = max(1, min(max_tokens, seq_len - len(prompt)))
-        reply, _ = generate_reply(model, tokenizer, prompt, budget, runtime)
-        out.append(tokenizer.decode(prompt[1:] + reply))
-    return out
+    replies = greedy_replies(model, tokenizer, prompts, max_tokens, runtime, max_len=seq_len)
+    return [
+        tokenizer.decode(prompt[1:] + reply.tokens)
+        for prompt, [reply] in zip(prompts, replies, strict=True)
+    ]

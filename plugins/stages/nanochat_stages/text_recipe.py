@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from nanochat.core.data_refs import open_dataset
+from nanochat.core.engine import Engine, Request, SamplingParams
 from nanochat.core.errors import UsageError
 from nanochat.core.evaluation import evaluate_bpb, text_eval_batches
-from nanochat.core.generation import generate_tokens
 from nanochat.core.special_tokens import BOS
 from nanochat_stages.background import BackgroundBatches
 from nanochat_stages.options import PretrainOptions
@@ -138,11 +138,10 @@ class TextRecipe:
 
     def samples(self, loop: Any) -> list[str]:
         """Greedy continuations of a few fixed prompts."""
-        out = []
-        bos = loop.tokenizer.special_tokens[BOS]
-        for prompt in SAMPLE_PROMPTS:
-            ids = [bos, *loop.tokenizer.encode(prompt)]
-            with loop.rt.autocast():
-                new = list(generate_tokens(loop.model, ids, self.o.sample_tokens))
-            out.append(prompt + loop.tokenizer.decode(new))
-        return out
+        tokenizer = loop.tokenizer
+        bos = tokenizer.special_tokens[BOS]
+        engine = Engine(loop.model, tokenizer, slots=len(SAMPLE_PROMPTS), autocast=loop.rt.autocast)
+        params = SamplingParams(max_tokens=self.o.sample_tokens, stop_tokens=())
+        requests = [Request([bos, *tokenizer.encode(p)], params) for p in SAMPLE_PROMPTS]
+        results = engine.complete(requests)
+        return [p + r.text for p, [r] in zip(SAMPLE_PROMPTS, results, strict=True)]

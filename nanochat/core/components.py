@@ -32,7 +32,7 @@ COMPONENT_KINDS: tuple[str, ...] = (
 )
 
 
-ARTIFACT_KINDS: tuple[str, ...] = ("model", "tokenizer")
+ARTIFACT_KINDS: tuple[str, ...] = ("model", "chat", "tokenizer")
 
 
 @dataclass
@@ -53,7 +53,8 @@ class ComponentSpec:
         extra: free-form facts about the component (e.g. ``{"data_kind": "chat"}``).
         produces: what a stage leaves in the run for later stages and commands: ``"model"``
             (checkpoints holding a model: "the newest model of a run" is looked for among the
-            stages that declare it) and/or ``"tokenizer"``.
+            stages that declare it), ``"chat"`` (that model follows the chat format: what
+            ``nanochat chat`` and the server look for) and/or ``"tokenizer"``.
     """
 
     kind: str

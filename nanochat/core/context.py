@@ -45,7 +45,7 @@ class RunContext:
         plan: RunPlan,
         registry: Registry,
         run_dir: Path,
-        entry: StageEntry,
+        entry: StageEntry | None,
         metrics: Metrics,
         runtime: Runtime | None = None,
     ):
@@ -73,13 +73,13 @@ class RunContext:
 
     @property
     def stage_name(self) -> str:
-        """This stage's folder and ``-o`` scope name."""
-        return self.entry.scope
+        """This stage's folder and ``-o`` scope name (``run`` for a context of no stage)."""
+        return self.entry.scope if self.entry is not None else "run"
 
     @property
     def options(self) -> Any:
-        """This stage's options dataclass, overrides applied."""
-        return self.entry.options
+        """This stage's options dataclass, overrides applied (None without a stage)."""
+        return self.entry.options if self.entry is not None else None
 
     @property
     def stage_dir(self) -> Path:
@@ -260,29 +260,38 @@ class RunContext:
         model.load_state_dict(checkpoint.model_state())
         return model
 
-    def model_stages(self) -> list[str]:
-        """Scopes of this run's stages that produce a model (from the run record and plan)."""
-        scopes = [e.scope for e in self.plan.stages if "model" in e.produces]
+    def model_stages(self, artifact: str = "model") -> list[str]:
+        """Scopes of this run's stages that produce ``artifact`` (``model`` or ``chat``), from
+        the plan and the run record."""
+        scopes = [e.scope for e in self.plan.stages if artifact in e.produces]
         record = read_run_record(self.run_dir) or {}
         for stage in record.get("stages", []):
-            if "model" in stage.get("produces", []) and stage.get("scope") not in scopes:
+            if artifact in stage.get("produces", []) and stage.get("scope") not in scopes:
                 scopes.append(stage["scope"])
         return scopes
 
-    def newest_model_checkpoint(self) -> Checkpoint:
-        """The newest checkpoint (by when it was written) of the stages that produce a model.
+    def newest_model_checkpoint(
+        self, artifact: str = "model", stages: list[str] | None = None
+    ) -> Checkpoint:
+        """The newest checkpoint (by when it was written) of the stages that produce
+        ``artifact`` (or of ``stages``).
 
         Raises:
             StageError: no such stage of the run has a checkpoint.
         """
         found: list[tuple[int, Checkpoint]] = []
-        for scope in self.model_stages():
+        for scope in self.model_stages(artifact) if stages is None else stages:
             manager = self.stage_checkpoints(scope)
             checkpoint = manager.latest()
             if checkpoint is not None:
                 written = (checkpoint.path / "meta.json").stat().st_mtime_ns
                 found.append((written, checkpoint))
         if not found:
+            if artifact == "chat":
+                raise StageError(
+                    f"run {self.run_name!r} has no chat model yet; run a chat stage (e.g. "
+                    "`midtrain` or `sft`) first, or choose a stage with --source"
+                )
             raise StageError(
                 f"run {self.run_name!r} has no model checkpoint yet; run a training stage "
                 "(e.g. `pretrain`) first"

@@ -145,8 +145,10 @@ def _scalars(result: dict[str, Any]) -> dict[str, Any]:
 
 def _run_entry(ctx: RunContext) -> tuple[dict[str, Any], str | None]:
     """Run the stage or evaluator; return its result and the checkpoint it scored (if any)."""
-    component = create_component(ctx.entry.resolved, ctx.options)
-    if ctx.entry.kind == "stage":
+    entry = ctx.entry
+    assert entry is not None  # pipelines give every context its stage
+    component = create_component(entry.resolved, ctx.options)
+    if entry.kind == "stage":
         result: dict[str, Any] = component.run(ctx) or {}
         return result, None
     model, scored = None, None

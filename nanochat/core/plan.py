@@ -164,6 +164,7 @@ def plan_run(
     loggers: Sequence[str] = (),
     device: str = "auto",
     defaults: Mapping[str, str] | None = None,
+    require_stages: bool = True,
 ) -> RunPlan:
     """Resolve stage names, components and options into a :class:`RunPlan`.
 
@@ -178,12 +179,13 @@ def plan_run(
         loggers: extra logger names (console and jsonl are always on).
         device: ``auto``, ``cuda``, ``mps`` or ``cpu``.
         defaults: last-resort component names by kind (``{"model": "gpt"}``), from the caller.
+        require_stages: False to plan the use of a run without stages (``chat``, ``serve``).
 
     Raises:
         UsageError: an unknown or ambiguous name, a bad override, or a duplicated stage.
     """
     check_run_name(run_name)
-    if not stage_names:
+    if not stage_names and require_stages:
         raise UsageError("no stage given; e.g. `nanochat run tokenizer pretrain --run demo`")
     parsed_new = [cfg.parse_override(text) for text in overrides]
     record = read_run_record(run_directory(run_name)) or {}

@@ -38,7 +38,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.chat_stages:MidtrainStage",
             summary="teach the base model the chat format on a packed conversation mixture",
             options=MidtrainOptions,
-            produces=("model",),
+            produces=("model", "chat"),
         ),
         ComponentSpec(
             kind="stage",
@@ -46,7 +46,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.chat_stages:SftStage",
             summary="fine-tune the chat model on padded conversations (loss on assistant turns)",
             options=SftOptions,
-            produces=("model",),
+            produces=("model", "chat"),
         ),
     ]
 

@@ -1,0 +1,34 @@
+"""How the calculator writes an exact result: ``5``, ``2.5``, ``0.333333333333``."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from fractions import Fraction
+
+
+def format_number(value: Fraction, precision: int) -> str:
+    """Write ``value`` in plain decimal notation.
+
+    Integers are written in full. Other values are rounded to ``precision`` significant digits
+    past the integer part (half to even) and trailing zeros dropped, so a short decimal such as
+    ``2.5`` is exact and ``1/3`` reads ``0.333333333333`` with ``precision=12``.
+
+    Args:
+        value: the exact result.
+        precision: digits kept past the integer part.
+
+    Returns:
+        The number as text, without an exponent.
+    """
+    if value.denominator == 1:
+        return str(value.numerator)
+    whole = abs(value.numerator) // value.denominator
+    whole_digits = len(str(whole)) if whole else 0
+    with localcontext() as ctx:
+        ctx.prec = whole_digits + precision
+        ctx.rounding = ROUND_HALF_EVEN
+        decimal = Decimal(value.numerator) / Decimal(value.denominator)
+    text = format(decimal, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text

@@ -138,7 +138,9 @@ def _string(text: str, start: int, limits: Limits) -> tuple[Token, int]:
         if ch == quote:
             break
         if ch == "\\":
-            escape = text[i + 1] if i + 1 < n else ""
+            if i + 1 >= n:
+                raise CalcError(f"unterminated string at position {start}")
+            escape = text[i + 1]
             if escape not in ESCAPES:
                 shown = text[i : i + 2]
                 raise CalcError(f"unsupported escape {shown!r} at position {i}")

@@ -180,6 +180,8 @@ def test_formatting_rounds_past_the_integer_part() -> None:
     assert format_number(Fraction(1, 3), 3) == "0.333"
     assert format_number(Fraction(2, 3), 3) == "0.667"
     assert format_number(Fraction(-7, 2), 5) == "-3.5"
+    assert format_number(Fraction(4, 3), 12) == "1.333333333333"
+    assert format_number(Fraction(3001, 3000), 6) == "1.000333"
     assert format_number(Fraction(10**30), 2) == str(10**30)
     assert format_number(Fraction(1, 8), 1) == "0.1"  # 0.125 -> half to even on 1 digit
 

@@ -9,13 +9,14 @@ from fractions import Fraction
 def format_number(value: Fraction, precision: int) -> str:
     """Write ``value`` in plain decimal notation.
 
-    Integers are written in full. Other values are rounded to ``precision`` significant digits
-    past the integer part (half to even) and trailing zeros dropped, so a short decimal such as
-    ``2.5`` is exact and ``1/3`` reads ``0.333333333333`` with ``precision=12``.
+    Integers are written in full. Other values are rounded (half to even) to as many significant
+    digits as their integer part has plus ``precision``, and trailing zeros are dropped: a short
+    decimal such as ``2.5`` is exact, ``1/3`` reads ``0.333333333333`` and ``4/3`` reads
+    ``1.333333333333`` with ``precision=12``.
 
     Args:
         value: the exact result.
-        precision: digits kept past the integer part.
+        precision: significant digits kept beyond the integer digits.
 
     Returns:
         The number as text, without an exponent.

@@ -17,7 +17,8 @@ class CalculatorOptions:
         max_digits: most decimal digits of any number met while evaluating (numerator and
             denominator alike).
         max_exponent: largest magnitude of an exponent (``2**N``) other than of 0, 1 and -1.
-        precision: digits kept past the integer part of a result that is not a short decimal.
+        precision: significant digits a result keeps beyond its integer digits (1/3 is
+            0.333333333333 with 12); shorter decimals are exact.
         timeout_s: seconds one evaluation may take before it stops with an error.
     """
 

@@ -253,3 +253,24 @@ def _shared_tokenizer() -> Any:
         factory = REGISTRY.create("tokenizer", "rustbpe")
         _CACHE["rustbpe"] = factory.train(TRAIN_TEXTS, 320, list(SPECIAL_TOKENS))
     return _CACHE["rustbpe"]
+
+
+# Bytes that start, continue or break UTF-8 sequences, as ids of the ASCII-trained rustbpe
+# tokenizer (whose ids 0..255 are the single bytes; 256..264 exist in any vocabulary).
+AWKWARD_BYTES = [0x41, 0x0A, 0x80, 0x9F, 0xBD, 0xBF, 0xC2, 0xE2, 0xE6, 0xEF, 0xF0, 0xF4, 0xFF]
+
+
+@settings(max_examples=150, deadline=None)
+@given(ids=st.lists(st.sampled_from(AWKWARD_BYTES) | st.integers(0, 264), max_size=30))
+def test_any_ids_stream_as_they_decode(ids: list[int]) -> None:
+    tokenizer = _byte_rustbpe()
+    pieces, tail = stream_pieces(tokenizer, ids)
+    assert "".join(pieces) + tail == tokenizer.decode(ids)
+
+
+def _byte_rustbpe() -> Any:
+    """The ASCII-trained rustbpe tokenizer, shared by the property test."""
+    if "bytes" not in _CACHE:
+        factory = REGISTRY.create("tokenizer", "rustbpe")
+        _CACHE["bytes"] = factory.train(["plain ascii text"] * 20, 280, list(SPECIAL_TOKENS))
+    return _CACHE["bytes"]

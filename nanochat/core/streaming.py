@@ -28,9 +28,10 @@ REPLACEMENT = "\ufffd"
 # (at most 3 bytes, one byte or more per id) plus one id of left context.
 WINDOW_IDS = 4
 
-# A trailing U+FFFD held over this many ids without any new text is released all the same
-# (only a tokenizer whose ids decode to nothing could get there).
-MAX_HELD_IDS = 4
+# A trailing U+FFFD still held after this many ids in a row that added no character is released
+# all the same: a valid character completes after at most 3 (its continuation bytes), so only
+# ids that decode to nothing could get there.
+MAX_STALLED_IDS = 4
 
 
 class TextStream:
@@ -50,7 +51,8 @@ class TextStream:
         self._tokenizer = tokenizer
         self._ids: list[int] = []  # the window: recent ids, the first maybe mid-character
         self._shown = 0  # characters of decode(self._ids) already released (or stale context)
-        self._held_pushes = 0  # pushes since text was last released while a U+FFFD is held
+        self._length = 0  # len(decode(self._ids)) after the last push
+        self._stalled = 0  # ids in a row that added no character while a U+FFFD is held
 
     def push(self, token_id: int) -> str:
         """Add one id and return the text it completes (often empty, never a broken character).
@@ -64,15 +66,17 @@ class TextStream:
         self._ids.append(token_id)
         text = self._tokenizer.decode(self._ids)
         holds = text.endswith(REPLACEMENT)
-        if holds and self._held_pushes + 1 >= MAX_HELD_IDS:
-            holds = False
+        if holds:
+            # An id that adds no character continues the held one; a valid one ends in 3 such.
+            self._stalled = 0 if len(text) > self._length else self._stalled + 1
+            holds = self._stalled < MAX_STALLED_IDS
         safe = len(text) - 1 if holds else len(text)
         piece = text[self._shown : safe] if safe > self._shown else ""
         self._shown = max(self._shown, safe)
         if not holds:
             self._reset()
             return piece
-        self._held_pushes = 0 if piece else self._held_pushes + 1
+        self._length = len(text)
         self._shrink(text)
         return piece
 
@@ -104,7 +108,8 @@ class TextStream:
         """Forget the window: everything decoded so far has been released."""
         self._ids = []
         self._shown = 0
-        self._held_pushes = 0
+        self._length = 0
+        self._stalled = 0
 
     def _shrink(self, text: str) -> None:
         """Drop ids older than the window, keeping what is left to release at the same place.
@@ -118,4 +123,5 @@ class TextStream:
         self._ids = self._ids[extra:]
         # The unreleased tail is a suffix of both decodings, so keep its length the same.
         unreleased = len(text) - self._shown
-        self._shown = max(0, len(self._tokenizer.decode(self._ids)) - unreleased)
+        self._length = len(self._tokenizer.decode(self._ids))
+        self._shown = max(0, self._length - unreleased)

@@ -1,5 +1,5 @@
-"""The plugin of the ``nanochat`` distribution: the built-in loggers (and, later, model,
-tokenizer and server). It goes through the same entry-point door as any third-party plugin."""
+"""The plugin of the ``nanochat`` distribution: the built-in loggers, tokenizers, model and
+tools. It goes through the same entry-point door as any third-party plugin."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from nanochat.core.hookspecs import hookimpl
 from nanochat.plugins.gpt.options import GPTOptions
 from nanochat.plugins.loggers.options import ConsoleOptions, JsonlOptions, WandbOptions
 from nanochat.plugins.tokenizers.options import TokenizerOptions
+from nanochat.plugins.tools.options import CalculatorOptions
 
 
 @hookimpl
@@ -69,5 +70,19 @@ def nanochat_register_models() -> list[ComponentSpec]:
             factory="nanochat.plugins.gpt.factory:GPTFactory",
             summary="nanochat GPT: rotary, QK-norm, relu² MLP, GQA, logit softcap; Muon + AdamW",
             options=GPTOptions,
+        ),
+    ]
+
+
+@hookimpl
+def nanochat_register_tools() -> list[ComponentSpec]:
+    """The calculator: exact arithmetic and ``"text".count("x")`` with its own parser."""
+    return [
+        ComponentSpec(
+            kind="tool",
+            name="calculator",
+            factory="nanochat.plugins.tools.calculator:Calculator",
+            summary="exact arithmetic (+ - * / **) and str.count, parsed without eval",
+            options=CalculatorOptions,
         ),
     ]

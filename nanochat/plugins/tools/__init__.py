@@ -1,0 +1,1 @@
+"""Built-in tools the model can call while it generates (the calculator)."""

@@ -1,7 +1,7 @@
 """The GPT's generation cache: keys and values of every layer for a batch of rows (slots).
 
 Keys and values live in two tensors of shape ``(n_layer, batch, n_kv_head, max_len, head_dim)``,
-allocated on the first write (device and dtype of the first keys). Each row has its own position
+allocated (zeroed) on the first write (device and dtype of the first keys). Each row has its own position
 (``positions[b]`` tokens held), so rows hold prompts of different lengths and a row can be reset
 for a new sequence while the others go on. Stale entries past a row's position are never read:
 attention masks every key at or beyond the querying token's position.
@@ -111,8 +111,10 @@ class KVCache:
             rows: the cache rows of the ``B`` lines (None: every row, in order).
         """
         if self.keys is None or self.values is None:
-            self.keys = torch.empty(self.shape, device=k.device, dtype=k.dtype)
-            self.values = torch.empty(self.shape, device=k.device, dtype=k.dtype)
+            # zeros, not empty: masked-out slots still enter attention as 0 x value, and
+            # uninitialised memory may hold NaN (0 x NaN = NaN)
+            self.keys = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
+            self.values = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
         b, h, t, d = k.shape
         layer_k, layer_v = self.keys[layer_idx], self.values[layer_idx]
         if rows is None:

@@ -224,7 +224,10 @@ class Engine:
             events += self._advance(free, logits[:, -1].expand(len(free), -1))
         return events
 
-    def _index(self, slots: Sequence[int]) -> torch.Tensor:
+    def _index(self, slots: Sequence[int]) -> torch.Tensor | None:
+        """The rows argument of ``forward_cached``: None when it is every row in order."""
+        if len(slots) == self.slots and list(slots) == list(range(self.slots)):
+            return None
         return torch.tensor(list(slots), dtype=torch.long, device=self.device)
 
     # --- decoding ------------------------------------------------------------------------
@@ -245,14 +248,18 @@ class Engine:
         """Choose each row's next token (forced or sampled) and settle finished rows."""
         rows = [self._rows[s] for s in slots]
         params = [r.request.params for r in rows]
-        sampled = sample_tokens(
-            logits,
-            torch.tensor([p.temperature for p in params], device=logits.device),
-            torch.tensor([p.top_k or 0 for p in params], device=logits.device),
-            torch.tensor([1.0 if p.top_p is None else p.top_p for p in params]).to(logits.device),
-            torch.tensor([r.seed for r in rows], dtype=torch.long, device=logits.device),
-            torch.tensor([r.produced for r in rows], dtype=torch.long, device=logits.device),
-        ).tolist()
+        device = logits.device
+        if all(p.temperature <= 0 for p in params):
+            sampled = torch.argmax(logits.float(), dim=-1).tolist()
+        else:
+            sampled = sample_tokens(
+                logits,
+                torch.tensor([p.temperature for p in params], device=device),
+                torch.tensor([p.top_k or 0 for p in params], device=device),
+                torch.tensor([1.0 if p.top_p is None else p.top_p for p in params]).to(device),
+                torch.tensor([r.seed for r in rows], dtype=torch.long, device=device),
+                torch.tensor([r.produced for r in rows], dtype=torch.long, device=device),
+            ).tolist()
         positions = self.cache.positions.tolist()
         events = []
         for slot, row, token in zip(slots, rows, sampled, strict=True):

@@ -89,6 +89,8 @@ def sample_tokens(
     """
     logits = logits.float()
     greedy = temperature <= 0
+    if bool(greedy.all()):  # no noise to draw
+        return torch.argmax(logits, dim=-1)
     scaled = logits / torch.where(greedy, 1.0, temperature).to(logits.dtype)[:, None]
     scaled = filter_logits(scaled, top_k, top_p)
     noise = uniform_noise(seeds, counters, logits.size(-1)).to(logits.device)

@@ -1,10 +1,10 @@
 """The GPT's generation cache: keys and values of every layer for a batch of rows (slots).
 
 Keys and values live in two tensors of shape ``(n_layer, batch, n_kv_head, max_len, head_dim)``,
-allocated (zeroed) on the first write (device and dtype of the first keys). Each row has its own position
-(``positions[b]`` tokens held), so rows hold prompts of different lengths and a row can be reset
-for a new sequence while the others go on. Stale entries past a row's position are never read:
-attention masks every key at or beyond the querying token's position.
+allocated (zeroed) on the first write (device and dtype of the first keys). Each row has its own
+position (``positions[b]`` tokens held), so rows hold prompts of different lengths and a row can
+be reset for a new sequence while the others go on. Stale entries past a row's position are never
+read: attention masks every key beyond the querying token's position.
 """
 
 from __future__ import annotations

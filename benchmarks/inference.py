@@ -1,0 +1,138 @@
+"""Generation speed: the engine (KV cache, batched slots) against the naive loop a user would
+otherwise write (recompute the whole prefix each step, no cache), in the same run.
+
+For each model shape it prints, for 256 new tokens after a 64-token prompt:
+
+- naive decode tokens/s at batch 1;
+- engine decode tokens/s at batch 1 and batch 8 (aggregate over the 8 rows);
+- engine prefill tokens/s (the 64-token prompt);
+
+and the ratios the targets are about (engine batch 1 / naive >= 8x, engine batch 8 / engine
+batch 1 >= 4x on a 2-core CPU). Models are randomly initialised (speed does not depend on the
+weights); every generation runs to its token budget (no stop tokens).
+
+    uv run python -m benchmarks.inference                 # tiny (d3, w192) and d4 (w256)
+    uv run python -m benchmarks.inference --device cuda --shapes d12 --vocab 65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from typing import Any
+
+import torch
+
+from nanochat.core.engine import Engine, Request, SamplingParams
+from nanochat.plugins.gpt.factory import GPTFactory
+from nanochat.plugins.gpt.options import GPTOptions
+
+SHAPES: dict[str, GPTOptions] = {
+    "tiny": GPTOptions(depth=3, head_dim=64, sequence_len=256),  # the `tiny` preset's model
+    "d4": GPTOptions(depth=4, aspect_ratio=64, head_dim=128, sequence_len=512),  # width 256
+    "d12": GPTOptions(depth=12, head_dim=128, sequence_len=2048),
+}
+
+
+class IdsTokenizer:
+    """Just enough of a tokenizer for the engine (ids shown as numbers; no special tokens)."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.special_tokens: dict[str, int] = {}
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids as text."""
+        return " ".join(map(str, ids))
+
+    def encode(self, text: str) -> list[int]:
+        """Not used (no tools)."""
+        return []
+
+
+def naive_decode(model: Any, prompt: torch.Tensor, new_tokens: int, autocast: Any) -> float:
+    """Greedy decoding recomputing the whole prefix each step; tokens/s."""
+    ids = prompt.clone()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            with autocast():
+                logits = model(ids)[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    sync(prompt.device)
+    return new_tokens * prompt.size(0) / (time.perf_counter() - start)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work (honest timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def engine_run(
+    model: Any, vocab: int, batch: int, prompt_len: int, new_tokens: int, autocast: Any
+) -> tuple[float, float]:
+    """``(prefill tokens/s, decode tokens/s)`` of the engine with ``batch`` requests at once."""
+    engine = Engine(model, IdsTokenizer(vocab), slots=batch, autocast=autocast)
+    generator = torch.Generator().manual_seed(batch)
+    prompts = torch.randint(0, vocab, (batch, prompt_len), generator=generator).tolist()
+    params = SamplingParams(max_tokens=new_tokens, stop_tokens=())
+    for p in prompts:
+        engine.submit(Request(p, params))
+    device = next(model.parameters()).device
+    start = time.perf_counter()
+    events = engine.step()  # admits (prefills) every request and samples its first token
+    sync(device)
+    prefill = batch * prompt_len / (time.perf_counter() - start)
+    start = time.perf_counter()
+    while engine.busy:
+        events += engine.step()
+    sync(device)
+    decoded = len(events) - batch
+    return prefill, decoded / (time.perf_counter() - start)
+
+
+def main() -> None:
+    """Measure and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=["tiny", "d4"], choices=sorted(SHAPES))
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    autocast: Any = contextlib.nullcontext
+    if device.type == "cuda":
+
+        def autocast() -> Any:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
+    print(f"{args.prompt}-token prompt, {args.new} new tokens, vocab {args.vocab}")
+    header = (
+        f"{'model':6s}{'params':>9s}{'naive b1':>11s}{'engine b1':>11s}"
+        f"{'engine b' + str(args.batch):>11s}{'prefill':>11s}{'b1/naive':>10s}"
+        f"{'b' + str(args.batch) + '/b1':>8s}"
+    )
+    print(header + "   (tokens/s)")
+    for name in args.shapes:
+        torch.manual_seed(0)
+        factory = GPTFactory(SHAPES[name])
+        model = factory.build(factory.config(args.vocab)).to(device).eval()
+        params = sum(p.numel() for p in model.parameters())
+        prompt = torch.randint(0, args.vocab, (1, args.prompt), device=device)
+        engine_run(model, args.vocab, 1, args.prompt, 8, autocast)  # warm-up
+        naive = naive_decode(model, prompt, args.new, autocast)
+        _, one = engine_run(model, args.vocab, 1, args.prompt, args.new, autocast)
+        prefill, many = engine_run(model, args.vocab, args.batch, args.prompt, args.new, autocast)
+        print(
+            f"{name:6s}{params / 1e6:>8.1f}M{naive:>11.0f}{one:>11.0f}{many:>11.0f}"
+            f"{prefill:>11.0f}{one / naive:>9.1f}x{many / one:>7.1f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

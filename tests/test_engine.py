@@ -232,6 +232,19 @@ class ScriptedModel(torch.nn.Module):
         return logits
 
 
+def test_the_calculator_runs_inside_the_engine(tokenizer) -> None:
+    special = tokenizer.special_tokens
+    call = tokenizer.encode("(2+3)*4")
+    script = [special[st.PYTHON_START], *call, special[st.PYTHON_END]]
+    script += [5] * 20 + [special[st.ASSISTANT_END]]
+    prompt = [special[st.BOS], 7, 8]
+    model = ScriptedModel(tokenizer.vocab_size, len(prompt), script)
+    tools = {"calculator": Registry.load().create("tool", "calculator")}
+    engine = Engine(model, tokenizer, slots=1, tools=tools)
+    [[result]] = engine.complete([Request(prompt, SamplingParams(max_tokens=40))])
+    assert "<|python_start|>(2+3)*4<|python_end|><|output_start|>20<|output_end|>" in result.text
+
+
 def test_a_tool_call_forces_its_output(tokenizer) -> None:
     special = tokenizer.special_tokens
     call = tokenizer.encode("6*7")

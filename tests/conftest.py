@@ -152,3 +152,32 @@ def run_torchrun(
         out, err = proc.communicate()
         raise AssertionError(f"torchrun timed out after {timeout}s:\n{err[-3000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_in_process(
+    args: Sequence[str],
+    sites: Sequence[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, str, str]:
+    """``nanochat ARGS`` in this process, with ``sites`` on the path: (exit code, out, err).
+
+    Plugins are found through their entry points as in a subprocess; the process-wide registry
+    is rebuilt for the call and put back afterwards.
+    """
+    import importlib
+
+    from nanochat.core import cli
+    from nanochat.core import registry as registry_module
+
+    for site in sites:
+        monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(registry_module, "_current", None)
+    monkeypatch.setattr(registry_module, "_current_options", ())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(args))
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else 1), out, err

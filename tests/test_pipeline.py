@@ -7,7 +7,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from conftest import REPO, kill_when_checkpointed, run_cli
+from conftest import REPO, kill_when_checkpointed, run_cli, run_in_process
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -101,7 +101,7 @@ def test_broadcast_hooks_see_stages_and_metrics(home: Path, plugin_sites) -> Non
     assert [r["step"] for r in logged if r.get("stage") == "count" and "step" in r] == [0, 1, 2]
 
 
-def test_stage_errors_are_one_line(home: Path, plugin_sites) -> None:
+def test_stage_errors_are_one_line(home: Path, plugin_sites, monkeypatch, capsys) -> None:
     sites = [plugin_sites["hello"]]
     cases = [
         (["run", "helo", "--run", "u"], "did you mean: hello"),
@@ -112,8 +112,8 @@ def test_stage_errors_are_one_line(home: Path, plugin_sites) -> None:
         (["list", "widgets"], "unknown component kind"),
     ]
     for args, needle in cases:
-        result = run_cli(args, home, sites)
-        assert result.returncode == 2, (args, result.stderr)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and needle in lines[0], (args, result.stderr)
-        assert "Traceback" not in result.stderr
+        code, _, err = run_in_process(args, sites, monkeypatch, capsys)
+        assert code == 2, (args, err)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle in lines[0], (args, err)
+        assert "Traceback" not in err

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 
 # entry point -> a piece of the error that `nanochat plugins --json` must report
 FAILING = {
@@ -71,20 +71,19 @@ def test_missing_factory_module_names_the_plugin(home: Path, plugin_sites) -> No
 
 
 @pytest.mark.parametrize("name", [*FAILING, "bad-observer"])
-def test_strict_mode_turns_each_into_one_line(home: Path, plugin_sites, name: str) -> None:
+def test_strict_mode_turns_each_into_one_line(
+    home: Path, plugin_sites, name: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("NANOCHAT_STRICT_PLUGINS", "1")
+    monkeypatch.setenv("NANOCHAT_DISABLE_PLUGIN_AUTOLOAD", "1")
     args = ["-p", name, "-p", "nanochat-hello", "run", "hello", "--run", "strict"]
-    result = run_cli(
-        args,
-        home,
-        [plugin_sites["bad"], plugin_sites["hello"]],
-        NANOCHAT_STRICT_PLUGINS="1",
-        NANOCHAT_DISABLE_PLUGIN_AUTOLOAD="1",
-    )
-    assert result.returncode == 1, (name, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    sites = [plugin_sites["bad"], plugin_sites["hello"]]
+    code, out, err = run_in_process(args, sites, monkeypatch, capsys)
+    assert code == 1, (name, out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error:")]
-    assert len(errors) == 1 and f"plugin {name!r}" in errors[0], (name, result.stderr)
-    assert "Traceback" not in result.stderr
+    assert len(errors) == 1 and f"plugin {name!r}" in errors[0], (name, err)
+    assert "Traceback" not in err
 
 
 def test_plugin_option_with_a_typo_is_an_error(home: Path, plugin_sites) -> None:

@@ -189,3 +189,36 @@ def test_run_record_is_append_only(home: Path, plugin_sites) -> None:
     assert [c["labels"] for c in record["commands"]] == [["hello"], ["count"]]
     assert record["plugins"]["nanochat-hello"]["version"] == "0.3.1"
     assert record["created"] <= record["updated"]
+
+
+def test_datasets_take_options_through_o(tmp_path: Path) -> None:
+    """`-o text-files.KEY=VALUE` reaches every use of that dataset in the run."""
+    from nanochat.core.data_refs import open_dataset
+    from nanochat.core.errors import UsageError
+
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n\n".join(f"document number {i}" for i in range(200)))
+    registry = Registry.load()
+    plan = plan_run(
+        registry,
+        ["tokenizer"],
+        "ds",
+        overrides=[
+            f"text-files.path={corpus}",
+            "text-files.txt_mode=paragraph",
+            "nanochat-datasets/text-files.val_fraction=0.5",
+        ],
+    )
+    options = plan.dataset_options["nanochat-datasets/text-files"]
+    assert (options.path, options.txt_mode, options.val_fraction) == (str(corpus), "paragraph", 0.5)
+    dataset = open_dataset("text-files", registry, dataset_options=plan.dataset_options)
+    val = sum(1 for _ in dataset.iter("val", shuffle=False))
+    train = sum(1 for _ in dataset.iter("train", shuffle=False))
+    assert val + train == 200 and 60 < val < 140
+    assert (
+        plan.describe(registry)["datasets"]["nanochat-datasets/text-files"]["val_fraction"] == 0.5
+    )
+    with pytest.raises(UsageError, match=r"text-files\.val_fraction=2\.0 is out of range"):
+        plan_run(registry, ["tokenizer"], "ds", overrides=["text-files.val_fraction=2"])
+    with pytest.raises(UsageError, match="unknown option text-files.nope"):
+        plan_run(registry, ["tokenizer"], "ds", overrides=["text-files.nope=1"])

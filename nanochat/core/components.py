@@ -264,6 +264,10 @@ class RunContext(Protocol):
         """The newest checkpoint of any stage of the run that produces a model."""
         ...
 
+    def open_dataset(self, ref: str, kind: str | None = None) -> Any:
+        """The dataset ``ref`` names, with the run's ``-o DATASET.KEY=...`` options applied."""
+        ...
+
     def log(self, **record: Any) -> None:
         """Emit a metric record tagged with this component's stage."""
         ...

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from nanochat.core.checkpoint import Checkpoint, CheckpointManager, read_json, write_json_atomic
 from nanochat.core.components import Tokenizer, TokenizerFactory
+from nanochat.core.data import Dataset
 from nanochat.core.errors import StageError, UnknownComponentError
 from nanochat.core.plan import RunPlan, StageEntry
 from nanochat.core.registry import Registry, Resolved, create_component
@@ -119,6 +120,19 @@ class RunContext:
     def stage_finished(self, stage: str) -> bool:
         """Whether stage ``stage`` of this run has finished."""
         return (self.run_dir / stage / DONE_FILE).is_file()
+
+    def open_dataset(self, ref: str, kind: str | None = None) -> Dataset:
+        """The dataset (or mixture) ``ref`` names, with the run's ``-o DATASET.KEY=...``
+        options applied.
+
+        Raises:
+            DataError: a malformed reference or a dataset of the wrong kind.
+        """
+        from nanochat.core.data_refs import open_dataset
+
+        return open_dataset(
+            ref, self.registry, kind=kind, dataset_options=self.plan.dataset_options
+        )
 
     def log(self, **record: Any) -> None:
         """Emit a metric record tagged with this stage."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +104,12 @@ def _create(term: DatasetTerm, registry: Any, options: Any = None) -> Dataset:
 
 
 def open_dataset(
-    ref: str, registry: Any = None, *, kind: str | None = None, options: Any = None
+    ref: str,
+    registry: Any = None,
+    *,
+    kind: str | None = None,
+    options: Any = None,
+    dataset_options: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """Create the dataset (or mixture) a reference names, through the registry.
 
@@ -113,6 +118,8 @@ def open_dataset(
         registry: the registry to resolve names in; the process-wide one by default.
         kind: the kind the caller needs; a ``problems`` dataset is viewed as ``chat`` on demand.
         options: an options instance for a single dataset (its defaults when ``None``).
+        dataset_options: options by dataset ``plugin/name`` (from ``-o NAME.KEY=VALUE``), used
+            for every dataset of the reference that has an entry.
 
     Raises:
         DataError: a malformed reference or a dataset of the wrong kind.
@@ -123,10 +130,17 @@ def open_dataset(
 
         registry = get_registry()
     terms = parse_ref(ref)
+    chosen = dict(dataset_options or {})
+
+    def create(term: DatasetTerm, given: Any = None) -> Dataset:
+        if given is None and chosen:
+            given = chosen.get(registry.resolve("dataset", term.name).qualified_name)
+        return _create(term, registry, given)
+
     if len(terms) == 1 and terms[0].epochs is None:
-        dataset = _create(terms[0], registry, options)
+        dataset = create(terms[0], options)
     else:
-        parts = [(_create(t, registry), 1.0 if t.epochs is None else t.epochs) for t in terms]
+        parts = [(create(t), 1.0 if t.epochs is None else t.epochs) for t in terms]
         if all(d.kind == "text" for d, _ in parts):
             dataset = TextMixture(parts, name=ref)
         else:

@@ -194,3 +194,5 @@ def validate_plan(plan: RunPlan) -> None:
         cfg.validate_options(plan.tokenizer_options, "tokenizer")
     for resolved, options in plan.loggers:
         cfg.validate_options(options, resolved.spec.name)
+    for name, options in plan.dataset_options.items():
+        cfg.validate_options(options, name)

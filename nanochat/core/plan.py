@@ -69,6 +69,7 @@ class RunPlan:
     device: str = "auto"
     model_explicit: bool = False
     tokenizer_explicit: bool = False
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def describe(self, registry: Registry) -> dict[str, Any]:
         """This command's part of the run record (see ``rundir.append_run_record``)."""
@@ -108,6 +109,9 @@ class RunPlan:
             "overrides": list(self.overrides),
             "new_overrides": list(self.new_overrides),
             "device": self.device,
+            "datasets": {
+                name: cfg.options_to_dict(options) for name, options in self.dataset_options.items()
+            },
             "plugins": {
                 p.name: {"distribution": p.distribution, "version": p.version}
                 for p in registry.plugins
@@ -256,6 +260,18 @@ def plan_run(
             scope = stage_scope(registry, kind, item)
             if (kind, item.qualified_name) not in in_run and any(t[0] == scope for t in triples):
                 add_scope(scope, item.spec.options())
+    # Datasets take options like any component: `-o demo-text.val_fraction=0.1` (or
+    # `plugin/name.key=...`), for every use of that dataset in the run.
+    dataset_slots: dict[str, list[Any]] = {}
+    for item in registry.components("dataset"):
+        names = [item.spec.name, item.qualified_name]
+        named = any(t[0] in names for t in triples)
+        if named and item.spec.name not in scoped:
+            dataset_slots[item.qualified_name] = add_scope(
+                item.spec.name, item.spec.options(), item.qualified_name
+            )
+        elif named and item.qualified_name not in scoped:
+            dataset_slots[item.qualified_name] = add_scope(item.qualified_name, item.spec.options())
     for scope, values in cfg.group_overrides(triples, scoped).items():
         slots = scoped[scope]
         for key, value in values.items():
@@ -277,6 +293,7 @@ def plan_run(
         device=device,
         model_explicit=model is not None,
         tokenizer_explicit=tokenizer is not None,
+        dataset_options={name: slot[0] for name, slot in dataset_slots.items()},
     )
     validate_plan(plan)
     return plan

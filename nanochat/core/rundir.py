@@ -97,6 +97,7 @@ def append_run_record(run_dir: Path, command: dict[str, Any]) -> dict[str, Any]:
         stages[stage["scope"]] = {**stages.get(stage["scope"], {}), **stage}
     record["stages"] = list(stages.values())
     record.setdefault("plugins", {}).update(command["plugins"])
+    record.setdefault("datasets", {}).update(command.get("datasets", {}))
     record["overrides"] = list(command["overrides"])
     for key in ("model", "tokenizer", "preset"):
         if command.get(key) is not None:

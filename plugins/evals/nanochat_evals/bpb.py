@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from nanochat.core.data_refs import open_dataset
 from nanochat.core.evaluation import evaluate_bpb, text_eval_batches
 from nanochat_evals.options import BpbOptions
 
@@ -25,7 +24,7 @@ class BitsPerByte:
         tokenizer = ctx.load_tokenizer()
         model = model.to(rt.device).eval()
         seq_len = int(model.sequence_len)
-        dataset = open_dataset(o.dataset, ctx.registry, kind="text")
+        dataset = ctx.open_dataset(o.dataset, kind="text")
         batches = text_eval_batches(
             dataset,
             tokenizer,

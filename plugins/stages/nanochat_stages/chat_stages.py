@@ -37,9 +37,8 @@ class ChatRecipe:
         self.eval_at_start = True
 
     def _dataset(self, loop: Any, ref: str) -> Any:
-        from nanochat.core.data_refs import open_dataset
 
-        return open_dataset(ref, loop.ctx.registry, kind="chat")
+        return loop.ctx.open_dataset(ref, kind="chat")
 
     def total_steps(self, loop: Any, num_params: int, total_batch: int) -> int:
         """``max_steps``, else ``epochs`` passes over the mixture's train split.

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from nanochat.core.data_refs import open_dataset
 from nanochat.core.engine import Engine, Request, SamplingParams
 from nanochat.core.errors import UsageError
 from nanochat.core.evaluation import evaluate_bpb, text_eval_batches
@@ -95,7 +94,7 @@ class TextRecipe:
     def open_source(self, loop: Any, state: dict[str, Any] | None) -> TextBatches:
         """This rank's packed text rows."""
         o, rt = self.o, loop.rt
-        self.dataset = open_dataset(o.dataset, loop.ctx.registry, kind="text")
+        self.dataset = loop.ctx.open_dataset(o.dataset, kind="text")
         stream = TokenStream(
             self.dataset,
             loop.tokenizer,

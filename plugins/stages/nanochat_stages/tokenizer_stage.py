@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from nanochat.core.data import DataError
-from nanochat.core.data_refs import open_dataset
 from nanochat.core.progress import Progress
 from nanochat.core.special_tokens import SPECIAL_TOKENS
 from nanochat_stages.options import TokenizerStageOptions
@@ -65,7 +64,7 @@ class TokenizerStage:
         result: dict[str, Any] = {}
         if runtime.is_main:
             opts = self.options
-            dataset = open_dataset(opts.dataset, ctx.registry, kind="text")
+            dataset = ctx.open_dataset(opts.dataset, kind="text")
             held_out = self._held_out(dataset)
             if not held_out:
                 raise DataError(

@@ -8,6 +8,7 @@ Errors meant for the user print one line and exit non-zero; ``--debug`` shows tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ _DEBUG_FLAG = "--debug"
 # What `run` and `eval` use when neither the command, the run's record nor the preset names a
 # model or tokenizer (the core itself knows no plugin by name).
 DEFAULT_COMPONENTS = {"model": "gpt", "tokenizer": "rustbpe"}
+CONSOLE = "nanochat/console"  # the built-in console logger (its output stream can be chosen)
 
 
 def scan_plugin_options(args: Sequence[str]) -> list[str]:
@@ -345,6 +347,11 @@ def eval_command(
     reg = registry_module.get_registry()
     stages = (f"eval:{name}",)
     plan = _plan(reg, stages, run_name, None, overrides, model, tokenizer, loggers, device)
+    # stdout carries the JSON result alone (for scripts); the console log goes to stderr
+    plan.loggers = [
+        (r, dataclasses.replace(o, stream="stderr") if r.qualified_name == CONSOLE else o)
+        for r, o in plan.loggers
+    ]
     with torchrun_runtime(device) as runtime:
         metrics = run_eval(plan, reg, runtime)
     if runtime is None or runtime.is_main:

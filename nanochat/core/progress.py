@@ -185,11 +185,12 @@ class Progress:
         self.close()
 
 
-def write_line(text: str) -> None:
-    """Print a line on stdout without breaking a progress bar on the terminal."""
+def write_line(text: str, stream: TextIO | None = None) -> None:
+    """Print a line (on ``stream``, default stdout) without breaking a progress bar."""
+    stream = stream or sys.stdout
     if any(_active.values()) and progress_style() == "bar":
         from tqdm import tqdm
 
-        tqdm.write(text)
+        tqdm.write(text, file=stream)
     else:
-        print(text, flush=True)
+        print(text, file=stream, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,5 @@ class ConsoleLogger:
     def finish(self) -> None:
         """Nothing to flush."""
 
-    @staticmethod
-    def _write(line: str) -> None:
-        write_line(line)
+    def _write(self, line: str) -> None:
+        write_line(line, sys.stderr if self.options.stream == "stderr" else sys.stdout)

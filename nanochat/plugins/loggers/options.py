@@ -13,9 +13,12 @@ class ConsoleOptions:
 
     Attributes:
         every: print one record in this many metric records that carry a step.
+        stream: where to print: ``stdout``, or ``stderr`` (``nanochat eval`` uses stderr so that
+            its stdout is the JSON result alone).
     """
 
     every: int = option(1, ge=1)
+    stream: str = option("stdout", choices=("stdout", "stderr"))
 
 
 @dataclass

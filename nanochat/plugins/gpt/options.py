@@ -23,10 +23,10 @@ class GPTOptions:
         vocab_multiple: the embedding and head are padded to a multiple of this many rows.
     """
 
-    depth: int = option(4, ge=1)
-    aspect_ratio: int = option(64, ge=1)
-    head_dim: int = option(128, ge=1)
-    n_kv_head: int | None = option(None, ge=1)
-    sequence_len: int = option(256, ge=1)
+    depth: int = option(4, ge=1, le=1024)
+    aspect_ratio: int = option(64, ge=1, le=4096)
+    head_dim: int = option(128, ge=1, le=4096)
+    n_kv_head: int | None = option(None, ge=1, le=4096)
+    sequence_len: int = option(256, ge=1, le=1_048_576)
     softcap: float = option(15.0, ge=0)
     vocab_multiple: int = option(64, ge=1)

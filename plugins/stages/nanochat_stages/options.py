@@ -67,7 +67,7 @@ class TrainingOptions:
         seed: seed of the model initialisation and the data order.
     """
 
-    device_batch_size: int = option(8, ge=1)
+    device_batch_size: int = option(8, ge=1, le=65536)
     total_batch_tokens: int = option(0, ge=0)
     max_steps: int = option(0, ge=0)
     time_budget_s: float = option(0.0, ge=0)
@@ -162,7 +162,7 @@ class SftOptions(TrainingOptions):
     val_mixture: str = "identity,arithmetic:0.02"
     epochs: float = option(1.0, ge=0)
     overflow: str = option("drop", choices=("drop", "truncate"))
-    device_batch_size: int = option(4, ge=1)
+    device_batch_size: int = option(4, ge=1, le=65536)
     warmdown_ratio: float = option(1.0, ge=0, le=1)
     matrix_lr: float = option(0.01, ge=0)
     embedding_lr: float = option(0.1, ge=0)

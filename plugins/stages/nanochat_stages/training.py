@@ -106,6 +106,41 @@ def raise_cpu_peak_if_exceeded(peak: float, achieved_flops: float) -> float:
     return raise_cpu_peak(achieved_flops) if achieved_flops > peak else peak
 
 
+BYTES_PER_PARAMETER = 16  # fp32 weight, gradient and two optimizer moments
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new model on ``device`` (None when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_fits(factory: Any, config: dict[str, Any], device: torch.device, stage: str) -> None:
+    """Refuse a model that cannot fit in memory before allocating it (an allocation that large
+    can get the process killed instead of raising).
+
+    Raises:
+        StageError: the parameters, gradients and optimizer state need more than is free.
+    """
+    shell = factory.build(config, device="meta")
+    needed = BYTES_PER_PARAMETER * sum(p.numel() for p in shell.parameters())
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise StageError(
+            f"the model of {stage} needs about {needed / 2**30:.1f} GiB to train but "
+            f"{free / 2**30:.1f} GiB is free on {device} (lower -o model.depth / "
+            "model.aspect_ratio)"
+        )
+
+
 def _same_model(now: dict[str, Any], saved: Any) -> bool:
     """Whether a checkpoint's model record names the run's model plugin (old ones name none)."""
     return not isinstance(saved, dict) or saved.get("qualified_name") == now["qualified_name"]
@@ -180,6 +215,13 @@ class TrainingLoop:
                 check_model_options(start, config_now, ctx.stage_name, ctx.stage_dir)
         try:
             self._load(factory, start)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
+                raise
+            raise StageError(
+                f"the model of {ctx.stage_name} does not fit in memory on {rt.device} "
+                "(lower -o model.depth / model.aspect_ratio / model.sequence_len)"
+            ) from None
         except CheckpointError as exc:
             if not resuming:
                 raise
@@ -202,6 +244,7 @@ class TrainingLoop:
             self.model_record = {k: start.meta.get(k) for k in ("model", "tokenizer")}
         else:
             self.config = factory.config(self.tokenizer.vocab_size)
+            check_fits(factory, self.config, rt.device, ctx.stage_name)
             model = factory.build(self.config)
             self.model_record = ctx.model_record()
         self.model_record["tokenizer_vocab_size"] = self.tokenizer.vocab_size

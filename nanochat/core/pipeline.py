@@ -49,16 +49,17 @@ def _scored_checkpoint(ctx: RunContext) -> str | None:
         return None
 
 
-def _is_finished(ctx: RunContext, entry: StageEntry) -> bool:
-    """Whether ``entry`` finished already: ``done.json`` exists and, for an evaluator that
-    scored a model, that model is still the run's newest (else it runs again)."""
+def _finished_record(ctx: RunContext, entry: StageEntry) -> dict[str, Any] | None:
+    """``done.json`` of ``entry`` if it finished already (None otherwise); an evaluator that
+    scored a model counts as finished only while that model is still the run's newest."""
     done_path = ctx.run_dir / entry.scope / DONE_FILE
     if not done_path.is_file():
-        return False
-    if entry.kind != "eval":
-        return True
-    scored = read_json(done_path, "stage record").get("checkpoint")
-    return scored is None or bool(scored == _scored_checkpoint(ctx))
+        return None
+    done: dict[str, Any] = read_json(done_path, "stage record")
+    scored = done.get("checkpoint")
+    if entry.kind == "eval" and scored is not None and scored != _scored_checkpoint(ctx):
+        return None
+    return done
 
 
 def run_pipeline(
@@ -99,13 +100,12 @@ def _run_stage(
     ctx: RunContext, entry: StageEntry, registry: Registry, position: tuple[int, int]
 ) -> dict[str, Any]:
     done_path = ctx.run_dir / entry.scope / DONE_FILE
-    finished = _is_finished(ctx, entry)
+    done = _finished_record(ctx, entry)
     runtime = ctx.runtime_if_created
     if runtime is not None:
         # every rank decided from the same files; nobody writes before all have looked
         runtime.barrier()
-    if finished:
-        done = read_json(done_path, "stage record")
+    if done is not None:
         if done.get("options") != cfg.options_to_dict(entry.options):
             logger.warning(
                 "stage %s finished earlier with other options; delete %s to redo it",

@@ -143,8 +143,12 @@ def _scalars(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if isinstance(v, int | float | str | bool)}
 
 
-def _run_entry(ctx: RunContext) -> tuple[dict[str, Any], str | None]:
-    """Run the stage or evaluator; return its result and the checkpoint it scored (if any)."""
+def _run_entry(ctx: RunContext, source: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """Run the stage or evaluator; return its result and the checkpoint it scored (if any).
+
+    An evaluator of a model scores the run's newest model, or the newest checkpoint of the
+    stage ``source`` names; the checkpoint is ``ctx.evaluated_checkpoint`` while it runs.
+    """
     entry = ctx.entry
     assert entry is not None  # pipelines give every context its stage
     component = create_component(entry.resolved, ctx.options)
@@ -153,15 +157,22 @@ def _run_entry(ctx: RunContext) -> tuple[dict[str, Any], str | None]:
         return result, None
     model, scored = None, None
     if getattr(component, "requires_model", True):
-        checkpoint = ctx.newest_model_checkpoint()
+        checkpoint = ctx.choose_checkpoint(source, "model")
         model, scored = ctx.load_model(checkpoint), str(checkpoint.path)
+        ctx.evaluated_checkpoint = checkpoint
     metrics = component.evaluate(ctx, model)
     ctx.log(**metrics)
     return dict(metrics), scored
 
 
-def run_eval(plan: RunPlan, registry: Registry, runtime: Runtime | None = None) -> dict[str, Any]:
-    """Run the single evaluator of ``plan`` on its existing run (nothing is marked done).
+def run_eval(
+    plan: RunPlan,
+    registry: Registry,
+    runtime: Runtime | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Run the single evaluator of ``plan`` on its existing run (nothing is marked done), on the
+    run's newest model or the newest checkpoint of the stage ``source`` names.
 
     Raises:
         UsageError: the run does not exist.
@@ -174,6 +185,6 @@ def run_eval(plan: RunPlan, registry: Registry, runtime: Runtime | None = None) 
     try:
         metrics.start(run_dir, plan.describe(registry))
         ctx = RunContext(plan, registry, run_dir, plan.stages[0], metrics, runtime)
-        return _run_entry(ctx)[0]
+        return _run_entry(ctx, source)[0]
     finally:
         metrics.finish()

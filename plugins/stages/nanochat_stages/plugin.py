@@ -7,6 +7,7 @@ from nanochat.core.hookspecs import hookimpl
 from nanochat_stages.options import (
     MidtrainOptions,
     PretrainOptions,
+    RlOptions,
     SftOptions,
     TokenizerStageOptions,
 )
@@ -46,6 +47,14 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.chat_stages:SftStage",
             summary="fine-tune the chat model on padded conversations (loss on assistant turns)",
             options=SftOptions,
+            produces=("model", "chat"),
+        ),
+        ComponentSpec(
+            kind="stage",
+            name="rl",
+            factory="nanochat_stages.rl_stage:RlStage",
+            summary="on-policy RL (GRPO family) on a problems dataset, rewards from the dataset",
+            options=RlOptions,
             produces=("model", "chat"),
         ),
     ]

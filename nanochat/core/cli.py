@@ -423,6 +423,15 @@ def chat_command(
         answer(text)
 
 
+def _add_commands() -> None:
+    from nanochat.core.cli_report import report_command
+
+    cli.add_command(report_command)
+
+
+_add_commands()
+
+
 def build_cli(reg: Registry) -> click.Group:
     """The CLI group with every plugin's extra commands added.
 

@@ -9,6 +9,7 @@ and the run carries on (see :meth:`Registry.call_isolated`).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nanochat.core import config as cfg
@@ -156,7 +157,10 @@ def _run_entry(ctx: RunContext) -> tuple[dict[str, Any], str | None]:
         checkpoint = ctx.newest_model_checkpoint()
         model, scored = ctx.load_model(checkpoint), str(checkpoint.path)
     metrics = component.evaluate(ctx, model)
-    ctx.log(**metrics)
+    if scored is None:
+        ctx.log(**metrics)
+    else:  # which model stage and step were scored: the report's columns come from this
+        ctx.log(**metrics, scored=f"{Path(scored).parent.parent.name}/{Path(scored).name}")
     return dict(metrics), scored
 
 

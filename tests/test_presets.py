@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from nanochat_stages.text_recipe import plan_steps
 
 from nanochat.core.plan import plan_run
 from nanochat.core.registry import Registry
-from nanochat_stages.text_recipe import plan_steps
 
 GPT = {"model": "gpt", "tokenizer": "rustbpe"}
 

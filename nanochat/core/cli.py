@@ -334,10 +334,17 @@ def cli_plan(
 @cli.command("eval", context_settings={"show_default": True})
 @click.argument("name")
 @single_option("--run", "run_name", default="default", help="Run whose newest model to evaluate.")
-@component_options("eval-bpb.tokens=10000")
+@single_option(
+    "--source",
+    default=None,
+    help="Stage whose newest checkpoint to evaluate (a name or unique prefix, e.g. sft, rl); "
+    "default: the run's newest model.",
+)
+@component_options("eval-gsm8k.limit=50")
 def eval_command(
     name: str,
     run_name: str,
+    source: str | None,
     overrides: tuple[str, ...],
     model: str | None,
     tokenizer: str | None,
@@ -356,7 +363,7 @@ def eval_command(
         for r, o in plan.loggers
     ]
     with torchrun_runtime(device) as runtime:
-        metrics = run_eval(plan, reg, runtime)
+        metrics = run_eval(plan, reg, runtime, source)
     if runtime is None or runtime.is_main:
         click.echo(json.dumps(metrics, indent=2, default=str))
 

@@ -187,6 +187,9 @@ class RunContext(Protocol):
     stage's checkpoints) and never build paths into the run themselves.
     """
 
+    evaluated_checkpoint: Any
+    """While an evaluator runs: the checkpoint whose model it was given (else None)."""
+
     @property
     def run_name(self) -> str:
         """The run's name."""
@@ -264,8 +267,14 @@ class RunContext(Protocol):
         """The model saved in ``checkpoint``, built by the plugin recorded in it (CPU)."""
         ...
 
-    def newest_model_checkpoint(self) -> Any:
-        """The newest checkpoint of any stage of the run that produces a model."""
+    def newest_model_checkpoint(self, artifact: str = "model", stages: Any = None) -> Any:
+        """The newest checkpoint of the run's stages that produce ``artifact`` (``model`` or
+        ``chat``), or of the stage scopes ``stages``."""
+        ...
+
+    def choose_checkpoint(self, source: str | None, artifact: str = "chat") -> Any:
+        """The newest ``artifact`` checkpoint, or the newest checkpoint of the model stage that
+        ``source`` names (a scope or a unique prefix: ``sft``, ``mid``)."""
         ...
 
     def open_dataset(self, ref: str, kind: str | None = None) -> Any:

@@ -54,8 +54,7 @@ def model_source(plan: RunPlan, index: int) -> str | None:
 def _scored_checkpoint(ctx: RunContext, source: str | None) -> str | None:
     """For an evaluator of a model: which checkpoint it would score now (its path)."""
     try:
-        stages = None if source is None else [source]
-        return str(ctx.newest_model_checkpoint(stages=stages).path)
+        return str(ctx.choose_checkpoint(source, "model").path)
     except Exception:  # noqa: BLE001 - no model yet: the evaluator will say so when it runs
         return None
 
@@ -174,8 +173,11 @@ def _scalars(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_entry(ctx: RunContext, source: str | None = None) -> tuple[dict[str, Any], str | None]:
-    """Run the stage or evaluator; return its result and the checkpoint it scored (if any):
-    the newest of stage ``source``, or of the run when None."""
+    """Run the stage or evaluator; return its result and the checkpoint it scored (if any).
+
+    An evaluator of a model scores the run's newest model, or the newest checkpoint of the
+    stage ``source`` names; the checkpoint is ``ctx.evaluated_checkpoint`` while it runs.
+    """
     entry = ctx.entry
     assert entry is not None  # pipelines give every context its stage
     component = create_component(entry.resolved, ctx.options)
@@ -184,8 +186,9 @@ def _run_entry(ctx: RunContext, source: str | None = None) -> tuple[dict[str, An
         return result, None
     model, scored = None, None
     if getattr(component, "requires_model", True):
-        checkpoint = ctx.newest_model_checkpoint(stages=None if source is None else [source])
+        checkpoint = ctx.choose_checkpoint(source, "model")
         model, scored = ctx.load_model(checkpoint), str(checkpoint.path)
+        ctx.evaluated_checkpoint = checkpoint
     metrics = component.evaluate(ctx, model)
     if scored is None:
         ctx.log(**metrics)
@@ -194,8 +197,14 @@ def _run_entry(ctx: RunContext, source: str | None = None) -> tuple[dict[str, An
     return dict(metrics), scored
 
 
-def run_eval(plan: RunPlan, registry: Registry, runtime: Runtime | None = None) -> dict[str, Any]:
-    """Run the single evaluator of ``plan`` on its existing run (nothing is marked done).
+def run_eval(
+    plan: RunPlan,
+    registry: Registry,
+    runtime: Runtime | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Run the single evaluator of ``plan`` on its existing run (nothing is marked done), on the
+    run's newest model or the newest checkpoint of the stage ``source`` names.
 
     Raises:
         UsageError: the run does not exist.
@@ -208,6 +217,6 @@ def run_eval(plan: RunPlan, registry: Registry, runtime: Runtime | None = None) 
     try:
         metrics.start(run_dir, plan.describe(registry))
         ctx = RunContext(plan, registry, run_dir, plan.stages[0], metrics, runtime)
-        return _run_entry(ctx)[0]
+        return _run_entry(ctx, source)[0]
     finally:
         metrics.finish()

@@ -7,6 +7,7 @@ from nanochat.core.hookspecs import hookimpl
 from nanochat_stages.options import (
     MidtrainOptions,
     PretrainOptions,
+    RlOptions,
     SftOptions,
     TokenizerStageOptions,
 )
@@ -49,6 +50,14 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             summary="fine-tune the chat model on padded conversations (loss on assistant turns)",
             options=SftOptions,
             extra={"report_label": "SFT"},
+            produces=("model", "chat"),
+        ),
+        ComponentSpec(
+            kind="stage",
+            name="rl",
+            factory="nanochat_stages.rl_stage:RlStage",
+            summary="on-policy RL (GRPO family) on a problems dataset, rewards from the dataset",
+            options=RlOptions,
             produces=("model", "chat"),
         ),
     ]

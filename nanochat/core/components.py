@@ -112,13 +112,17 @@ class Preset:
     """A named bundle of overrides (``stage.key -> value``) that ``--preset`` applies.
 
     ``overrides`` keys are ``scope.key`` as with ``-o``; ``defaults`` may set ``model`` or
-    ``tokenizer`` to choose components.
+    ``tokenizer`` to choose components. ``stages`` is the pipeline ``nanochat speedrun`` runs
+    with this preset (stage names and ``eval:NAME`` as on ``nanochat run``), and ``estimates``
+    the seconds each of them takes on the hardware the preset is for (for the time left).
     """
 
     name: str
     summary: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, str] = field(default_factory=dict)
+    stages: tuple[str, ...] = ()
+    estimates: Mapping[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.pretrain_stage:PretrainStage",
             summary="pretrain the base model on a text dataset (resumable, DDP under torchrun)",
             options=PretrainOptions,
+            extra={"report_label": "BASE"},
             produces=("model",),
         ),
         ComponentSpec(
@@ -39,6 +40,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.chat_stages:MidtrainStage",
             summary="teach the base model the chat format on a packed conversation mixture",
             options=MidtrainOptions,
+            extra={"report_label": "MID"},
             produces=("model", "chat"),
         ),
         ComponentSpec(
@@ -47,6 +49,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.chat_stages:SftStage",
             summary="fine-tune the chat model on padded conversations (loss on assistant turns)",
             options=SftOptions,
+            extra={"report_label": "SFT"},
             produces=("model", "chat"),
         ),
         ComponentSpec(

@@ -23,6 +23,13 @@ RL = [
 ]
 
 
+# 6 steps, a checkpoint every 2 (all kept), held-out pass@1 every 3.
+SIX_STEPS = [
+    *("-o", "rl.max_steps=6", "-o", "rl.checkpoint_every=2"),
+    *("-o", "rl.keep_checkpoints=5", "-o", "rl.eval_every=3"),
+]
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -49,12 +56,7 @@ def rl(home: Path, *extra: str) -> None:
 def straight(arithmetic_chat_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """6 rl steps, a checkpoint every 2 (kept), held-out pass@1 every 3."""
     home = copy_run(arithmetic_chat_home, tmp_path_factory.mktemp("rl-straight"))
-    rl(
-        home,
-        *("-o", "rl.max_steps=6", "-o", "rl.checkpoint_every=2"),
-        "-o",
-        "rl.keep_checkpoints=5",
-    )
+    rl(home, *SIX_STEPS)
     return home
 
 
@@ -81,12 +83,7 @@ def test_rerun_resumes_exactly(straight: Path, tmp_path: Path) -> None:
     stage = home / "runs" / "a" / "rl"
     shutil.rmtree(stage / "checkpoints" / "step_00000005")
     (stage / "done.json").unlink()
-    rl(
-        home,
-        *("-o", "rl.max_steps=6", "-o", "rl.checkpoint_every=2"),
-        "-o",
-        "rl.keep_checkpoints=5",
-    )
+    rl(home, *SIX_STEPS)
     resumes = [r for r in records(home) if r.get("event") == "resume"]
     assert resumes[-1]["step"] == 4
     a, b = weights(straight, 5), weights(home, 5)
@@ -103,8 +100,7 @@ def test_sigkill_then_rerun_resumes_exactly(
     straight: Path, arithmetic_chat_home: Path, tmp_path
 ) -> None:
     home = copy_run(arithmetic_chat_home, tmp_path)
-    args = ["run", "rl", "--run", "a", *RL, "-o", "rl.max_steps=6", "-o", "rl.checkpoint_every=2"]
-    args += ["-o", "rl.keep_checkpoints=5"]
+    args = ["run", "rl", "--run", "a", *RL, *SIX_STEPS]
     checkpoints = home / "runs" / "a" / "rl" / "checkpoints"
     _, saved = kill_when_checkpointed(args, home, checkpoints, 1)
     assert saved and saved[-1] < 5

@@ -50,6 +50,7 @@ class StageReport:
     label: str
     produces: list[str]
     status: str = "not started"
+    options: dict[str, Any] = field(default_factory=dict)
     seconds: float | None = None
     tokens: float | None = None
     params: float | None = None
@@ -133,6 +134,7 @@ def collect_stages(
             label=labels[scope],
             produces=list(stage.get("produces", [])),
             records=rows,
+            options=dict(stage.get("options") or {}),
         )
         done_path = run_dir / scope / DONE_FILE
         if done_path.is_file():
@@ -162,20 +164,38 @@ def collect_stages(
     return reports
 
 
-def summary_table(stages: list[StageReport]) -> tuple[list[str], dict[str, dict[str, float]]]:
-    """The card: columns are model stages (by label, in run order); rows are metric names.
+# Evaluator outputs that describe the measurement rather than the model (not table rows).
+COUNT_KEYS = frozenset({"tokens", "problems", "samples", "seconds", "examples"})
+
+
+def _row_name(evaluator: str, key: str, dataset: Any) -> str:
+    name = evaluator if key == evaluator else f"{evaluator} {key}"
+    if isinstance(dataset, str) and dataset and dataset != evaluator:
+        name += f" ({dataset})"
+    return name
+
+
+def summary_table(
+    stages: list[StageReport],
+) -> tuple[list[str], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """The card: ``(columns, rows, errors)``. Columns are model stages (by label, in run
+    order); ``rows[name][column]`` a metric's value and ``errors`` its standard error if known.
 
     A stage's own validation metrics go in its column; an evaluator's result goes in the column
-    of the stage whose checkpoint it scored (the newest such result wins).
+    of the stage whose checkpoint it scored (the newest such result wins). Counts (problems,
+    tokens) and rows repeating another row of the same evaluator are left out.
     """
     by_scope = {s.scope: s for s in stages}
     columns = [s.label for s in stages if "model" in s.produces]
     rows: dict[str, dict[str, float]] = {}
+    errors: dict[str, dict[str, float]] = {}
 
-    def put(row: str, scope: str, value: float | None) -> None:
+    def put(row: str, scope: str, value: float | None, error: float | None = None) -> None:
         stage = by_scope.get(scope)
         if stage is not None and value is not None and "model" in stage.produces:
             rows.setdefault(row, {})[stage.label] = value
+            if error is not None:
+                errors.setdefault(row, {})[stage.label] = error
 
     for stage in stages:
         if stage.kind == "stage":
@@ -183,14 +203,28 @@ def summary_table(stages: list[StageReport]) -> tuple[list[str], dict[str, dict[
                 put(row, stage.scope, finite_number(stage.result.get(key)))
             continue
         name = stage.scope.removeprefix("eval-")
+        mine: list[str] = []
         for record in stage.records:
             scored = record.get("scored")
             if not isinstance(scored, str):
                 continue
             for key, value in record.items():
-                if key not in ("time", "stage", "scored", "event"):
-                    put(f"{name} {key}", scored.split("/")[0], finite_number(value))
-    return columns, rows
+                if key in ("time", "stage", "scored", "event") or key in COUNT_KEYS:
+                    continue
+                if key.endswith("stderr"):
+                    continue
+                error = record.get(
+                    f"{key}_stderr", record.get("stderr") if key == "accuracy" else None
+                )
+                row = _row_name(name, key, stage.options.get("dataset"))
+                put(row, scored.split("/")[0], finite_number(value), finite_number(error))
+                if row not in mine:
+                    mine.append(row)
+        for i, row in enumerate(mine):
+            if row in rows and any(rows.get(earlier) == rows[row] for earlier in mine[:i]):
+                del rows[row]
+                errors.pop(row, None)
+    return columns, rows, errors
 
 
 def environment() -> dict[str, str]:
@@ -280,12 +314,14 @@ def render_report(
         "## Summary",
         "",
     ]
-    columns, rows = summary_table(stages)
+    columns, rows, errors = summary_table(stages)
+
+    def cell(row: str, column: str) -> str:
+        value, error = rows[row].get(column), errors.get(row, {}).get(column)
+        return _fmt(value) + ("" if error is None else f" ± {_fmt(error, 2)}")
+
     if columns and rows:
-        lines += _table(
-            ["metric", *columns],
-            ([row, *(_fmt(values.get(c)) for c in columns)] for row, values in rows.items()),
-        )
+        lines += _table(["metric", *columns], ([r, *(cell(r, c) for c in columns)] for r in rows))
     else:
         lines.append("No model stage has reported a metric yet.")
     lines += ["", "## Stages", ""]

@@ -58,6 +58,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.rl_stage:RlStage",
             summary="on-policy RL (GRPO family) on a problems dataset, rewards from the dataset",
             options=RlOptions,
+            extra={"report_label": "RL"},
             produces=("model", "chat"),
         ),
     ]

@@ -236,17 +236,17 @@ def test_stream_edit_regenerate_and_markup_shown_as_text(server, browser, tmp_pa
     page.click("#settings-btn")
     page.fill("#temperature", "0")
     page.fill("#top-k", "0")
-    page.fill("#max-tokens", "200")
+    page.fill("#max-tokens", "400")
     page.click("#settings-btn")
 
     sent = ui.send("Hello there")
     assert sent["messages"] == [{"role": "user", "content": "Hello there"}]
-    assert sent["temperature"] == 0 and sent["top_k"] == 0 and sent["max_tokens"] == 200
+    assert sent["temperature"] == 0 and sent["top_k"] == 0 and sent["max_tokens"] == 400
     # Streamed: the answer was drawn at several growing lengths before it was complete.
     lengths = page.evaluate("window.__lengths")
     (answer,) = ui.texts("assistant")
     partial = sorted({n for n in lengths if 0 < n < len(answer)})
-    assert len(partial) >= 3, lengths
+    assert len(partial) >= 2, lengths
     # The model's markup is on the page as text, and nothing of it ran.
     assert "<img src=x onerror=alert(1)>" in answer and "<script>alert(2)</script>" in answer
     ui.assert_no_markup_ran()
@@ -405,6 +405,18 @@ def test_api_key_busy_and_gone_servers_are_reported(webui_run, browser, tmp_path
         assert request.value.headers["authorization"] == f"Bearer {KEY}"
         assert len(ui.texts("assistant")) == 1 and page.is_hidden("#notice")
 
+        # Too long for the model's context (1024 tokens): a new chat keeps the message to send.
+        long_message = "word " * 250
+        page.fill("#input", long_message)
+        with page.expect_response("**/chat/completions") as response:
+            page.press("#input", "Enter")
+        assert response.value.status == 400
+        page.wait_for_selector("#notice:not([hidden])")
+        assert "Too long for the model" in page.inner_text("#notice .text")
+        page.click("#notice button")
+        assert page.locator(".msg").count() == 0 and page.input_value("#input") == long_message
+        page.fill("#input", "")
+
         # Busy: the only slot is taken and nothing may queue, so the server answers 503.
         started, done = threading.Event(), threading.Event()
         threading.Thread(target=hog, args=(busy.url, started, done), daemon=True).start()
@@ -417,7 +429,7 @@ def test_api_key_busy_and_gone_servers_are_reported(webui_run, browser, tmp_path
         page.wait_for_selector("#notice:not([hidden])")
         assert "busy" in page.inner_text("#notice .text")
         assert page.get_attribute("#status", "data-state") == "busy"
-        assert ui.texts("user")[-1] == "Anyone free?" and len(ui.texts("assistant")) == 1
+        assert ui.texts("user") == ["Anyone free?"] and ui.texts("assistant") == []
         keep_screenshot(page, tmp_path, "webui-busy.png")
     finally:
         busy.stop()

@@ -127,7 +127,8 @@ async def errors_middleware(
             raise
         kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
         message = f"{request.method} {request.path}: {exc.reason}"
-        return error_json(ApiError(exc.status, message, kind, headers=dict(exc.headers)))
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return error_json(ApiError(exc.status, message, kind, headers=allow))
 
 
 @web.middleware
@@ -368,10 +369,14 @@ async def nanochat_chat(request: web.Request) -> web.StreamResponse:
                 await response.write(_sse({"done": True, "finish_reason": item.finish}))
         assert response is not None
         await response.write_eof()
-        return response
+    except ConnectionError:  # the client went away mid-stream; its slot is freed below
+        finish = "disconnected"
+        if response is None:
+            raise
     finally:
         request.app[STATE].pool.cancel(job)
         _log_completion(job, prompt_tokens, finish, started)
+    return response
 
 
 async def openai_chat(request: web.Request) -> web.StreamResponse:
@@ -396,6 +401,7 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
         return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
 
+    response: web.StreamResponse | None = None
     try:
         if not chat.stream:
             texts = []
@@ -415,7 +421,6 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
             return web.json_response(
                 {**head, "object": "chat.completion", "choices": [choice], "usage": usage()}
             )
-        response: web.StreamResponse | None = None
         async for item in _items(job):
             if isinstance(item, Failure):
                 finish = "error"
@@ -439,6 +444,11 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
             )
         await response.write(_sse("[DONE]"))
         await response.write_eof()
+        return response
+    except ConnectionError:  # the client went away mid-stream; its slot is freed below
+        finish = "disconnected"
+        if response is None:
+            raise
         return response
     finally:
         state.pool.cancel(job)

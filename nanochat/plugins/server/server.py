@@ -60,11 +60,14 @@ def parse_devices(options: ServerOptions) -> list[str]:
 
 
 def threads_per_worker(devices: list[str], requested: int) -> int:
-    """Torch threads of each CPU worker: the cores shared out, at least one."""
+    """Torch threads of each CPU worker: the cores shared out among several CPU workers, at
+    least one; 0 (torch's default) for a single one."""
     if requested:
         return requested
     cpu_workers = sum(1 for d in devices if d == "cpu")
-    return max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    if cpu_workers <= 1:
+        return 0
+    return max(1, (os.cpu_count() or 1) // cpu_workers)
 
 
 class AiohttpServer:

@@ -7,7 +7,7 @@ parent -> worker
 worker -> parent
     ``("ready", info)`` once the model is loaded, or ``("fatal", message)`` instead;
     ``("events", [(rid, text, tokens, finish), ...], busy_rows)`` after every decode step (one
-    entry per request that moved; ``finish`` set on its last one);
+    entry per engine event, i.e. per token, in order; ``finish`` set on a request's last one);
     ``("error", rid, message)`` for a request the engine refuses;
     ``("state", busy_rows)`` when rows were freed without a step (cancel).
 
@@ -113,7 +113,9 @@ def _load(spec: WorkerSpec) -> tuple[Any, Callable[[], Any]]:
     from nanochat.core.chat import load_chat_model
     from nanochat.core.engine import Engine
 
-    if spec.threads:
+    # Only when it changes anything: on a loaded machine, torch.set_num_threads(n) (even to the
+    # default n) made every small float64 op of the sampler cost milliseconds (torch 2.15).
+    if spec.threads and spec.threads != torch.get_num_threads():
         torch.set_num_threads(spec.threads)
     registry_module.configure(spec.plugin_options)
     chat = load_chat_model(
@@ -215,22 +217,20 @@ def _serve(conn: Connection, inbox: queue.Queue[tuple[Any, ...]], engine: Any) -
             conn.send(("state", engine.slots - engine.free_slots))
         if not engine.busy:
             continue
-        out: dict[int, list[Any]] = {}
+        out: list[tuple[int, str, int, str | None]] = []
         for event in engine.step():
             rid = event.request.id
             job = active.get(rid)
-            if job is None:
+            if job is None:  # stopped by a stop string earlier in this step
                 continue
-            entry = out.setdefault(rid, [rid, "", 0, None])
-            entry[2] += 1
             text, stopped = job.matcher.push(readable(event.text))
-            entry[1] += text
+            finish = event.finish
             if stopped:
                 engine.cancel(job.request)
-                entry[3] = FINISH_STOP
-            elif event.finish is not None:
-                entry[1] += job.matcher.flush()
-                entry[3] = event.finish
-            if entry[3] is not None:
+                finish = FINISH_STOP
+            elif finish is not None:
+                text += job.matcher.flush()
+            if finish is not None:
                 del active[rid]
-        conn.send(("events", [tuple(e) for e in out.values()], engine.slots - engine.free_slots))
+            out.append((rid, text, 1, finish))
+        conn.send(("events", out, engine.slots - engine.free_slots))

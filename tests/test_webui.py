@@ -21,24 +21,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, cli_env, run_cli
+from conftest import run_cli
+from server_helpers import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MARKUP = "<img src=x onerror=alert(1)> <script>alert(2)</script> "
-RUN = "webui"
+RUN = "c"  # the run name tests/server_helpers.ServerProcess serves
 TRAIN = [
     "run",
     "tokenizer",
@@ -95,52 +90,10 @@ document.addEventListener("DOMContentLoaded", () => {
 """
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """``nanochat serve`` in a subprocess, on 127.0.0.1 and a free port."""
-
-    def __init__(self, home: Path, sites: list[Path], *options: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        args = ["serve", "--run", RUN, "--source", "polish", "--host", "127.0.0.1"]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nanochat", *args, "--port", str(self.port), *options],
-            env=cli_env(home, sites, OMP_NUM_THREADS="1"),
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited: {self.proc.stderr.read()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError("the server did not become healthy within 180 s")
-
-    def stop(self) -> int:
-        """SIGTERM (a graceful shutdown) and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+def start_server(home: Path, sites: list[Path], *options: str) -> ServerProcess:
+    """``nanochat serve`` on the polished model, on 127.0.0.1 and a free port."""
+    args = ["--source", "polish", "--host", "127.0.0.1", *options]
+    return ServerProcess(args, home, sites, OMP_NUM_THREADS="1").wait_ready()
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +107,9 @@ def webui_run(tmp_path_factory: pytest.TempPathFactory, plugin_sites) -> tuple[P
 
 
 @pytest.fixture(scope="module")
-def server(webui_run) -> Iterator[Server]:
+def server(webui_run) -> Iterator[ServerProcess]:
     """The server on the trained run."""
-    running = Server(*webui_run)
+    running = start_server(*webui_run)
     yield running
     running.stop()
 
@@ -373,7 +326,7 @@ def hog(url: str, started: threading.Event, done: threading.Event) -> None:
     """Hold the server's only slot with a long answer (sets ``started`` at its first event)."""
     body = {"messages": [{"role": "user", "content": "hog"}], "max_tokens": 1000}
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
-    request = urllib.request.Request(url + "chat/completions", json.dumps(body).encode(), headers)
+    request = urllib.request.Request(f"{url}/chat/completions", json.dumps(body).encode(), headers)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             for line in response:
@@ -387,7 +340,7 @@ def hog(url: str, started: threading.Event, done: threading.Event) -> None:
 @pytest.mark.slow
 def test_api_key_busy_and_gone_servers_are_reported(webui_run, browser, tmp_path) -> None:
     options = ["-o", "max_batch=1", "-o", "queue_size=0", "-o", "shutdown_timeout_s=1"]
-    busy = Server(*webui_run, "--api-key", KEY, *options)
+    busy = start_server(*webui_run, "--api-key", KEY, *options)
     ui = Page(browser, busy.url, viewport={"width": 900, "height": 700})
     page = ui.page
     try:

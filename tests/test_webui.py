@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 from server_helpers import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MARKUP = "<img src=x onerror=alert(1)> <script>alert(2)</script> "
+PAGE = REPO / "nanochat" / "plugins" / "server" / "static" / "index.html"
 RUN = "c"  # the run name tests/server_helpers.ServerProcess serves
 TRAIN = [
     "run",
@@ -129,7 +130,7 @@ def browser() -> Iterator[Any]:
 class Page:
     """A browser page on the UI, recording dialogs and page errors."""
 
-    def __init__(self, browser: Any, url: str, **context: Any) -> None:
+    def __init__(self, browser: Any, url: str, online: bool = True, **context: Any) -> None:
         self.context = browser.new_context(**context)
         self.page = self.context.new_page()
         self.page.set_default_timeout(60_000)
@@ -139,7 +140,8 @@ class Page:
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
         self.page.add_init_script(WATCH_STREAM)
         self.page.goto(url)
-        self.page.wait_for_selector("#status[data-state='ok']")
+        if online:
+            self.page.wait_for_selector("#status[data-state='ok']")
 
     def _dialog(self, dialog: Any) -> None:
         self.dialogs.append(dialog.message)
@@ -240,9 +242,9 @@ def test_stream_edit_regenerate_and_markup_shown_as_text(server, browser, tmp_pa
     ui.close()
 
 
-@pytest.mark.slow
-def test_tool_calls_and_markdown_render_as_dom_nodes(server, browser) -> None:
-    ui = Page(browser, server.url)
+def test_tool_calls_and_markdown_render_as_dom_nodes(browser) -> None:
+    """The renderer alone, on the page opened from disk (no server needed)."""
+    ui = Page(browser, PAGE.as_uri(), online=False)
     shown = ui.page.evaluate(
         """() => {
         const box = document.createElement("div");
@@ -282,6 +284,7 @@ def test_tool_calls_and_markdown_render_as_dom_nodes(server, browser) -> None:
     assert markdown["strong"] == "bold" and markdown["code"] == "code" and markdown["items"] == 2
     assert markdown["pre"] == "<b>x</b>" and markdown["bold"] == 0
     assert "assistant_end" not in markdown["text"]
+    ui.assert_no_markup_ran()
     ui.close()
 
 

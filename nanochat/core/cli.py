@@ -433,6 +433,72 @@ def chat_command(
         answer(text)
 
 
+@cli.command("serve", context_settings={"show_default": True})
+@single_option("--run", "run_name", default="default", help="Run whose model to serve.")
+@single_option(
+    "--source",
+    default=None,
+    help="Stage whose newest checkpoint to serve (a name or unique prefix); default: the "
+    "newest chat checkpoint.",
+)
+@single_option("--host", default=None, help="Address to bind [default: 127.0.0.1].")
+@single_option(
+    "--port", type=click.IntRange(0, 65535), help="Port (0: any free one) [default: 8000]."
+)
+@single_option(
+    "--workers", type=click.IntRange(min=1), help="Model replicas on the CPU [default: 1]."
+)
+@single_option("--devices", help="One worker per device, e.g. cuda:0,cuda:1.")
+@single_option("--max-batch", type=click.IntRange(min=1), help="Slots per worker [default: 8].")
+@single_option(
+    "--queue-size", type=click.IntRange(min=0), help="Requests that may wait [default: 64]."
+)
+@single_option("--api-key", help="Require 'Authorization: Bearer KEY' (or set NANOCHAT_API_KEY).")
+@single_option("--server", "server_name", default="aiohttp", help="Server plugin.")
+@click.option(
+    "-o",
+    "--option",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Another server option, e.g. -o shutdown_timeout_s=30 (`nanochat show server aiohttp`).",
+)
+def serve_command(
+    run_name: str,
+    source: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    devices: str | None,
+    max_batch: int | None,
+    queue_size: int | None,
+    api_key: str | None,
+    server_name: str,
+    overrides: tuple[str, ...],
+) -> None:
+    """Serve a run's chat model over HTTP: a web UI, nanochat's streaming API and OpenAI's.
+
+    Stop it with Ctrl-C or SIGTERM: running answers finish first (up to shutdown_timeout_s).
+    """
+    from nanochat.core.serving import serve_run, server_overrides
+
+    if workers is not None and devices is not None:
+        raise UsageError("give --workers N (CPU replicas) or --devices LIST, not both")
+    flags = {
+        "source": source,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "devices": devices,
+        "max_batch": max_batch,
+        "queue_size": queue_size,
+        "api_key": api_key,
+    }
+    options = server_overrides(server_name, flags, overrides)
+    reg = registry_module.get_registry()
+    serve_run(reg, server_name, run_name, options, defaults=DEFAULT_COMPONENTS)
+
+
 def _add_commands() -> None:
     from nanochat.core.cli_report import report_command
     from nanochat.core.cli_speedrun import speedrun_command

@@ -352,21 +352,25 @@ async def nanochat_chat(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     response: web.StreamResponse | None = None
     finish = "cancelled"
+    pending = bytearray()
     try:
         async for item in _items(job):
             if isinstance(item, Failure):
                 finish = "error"
                 if response is None:
                     raise _failure_error(item)
-                await response.write(_sse(_failure_error(item).body()))
+                await response.write(bytes(pending) + _sse(_failure_error(item).body()))
                 break
             if response is None:
                 response = await _event_stream(request)
             if item.text:
-                await response.write(_sse({"token": item.text, "gpu": job.worker}))
+                pending += _sse({"token": item.text, "gpu": job.worker})
             if item.finish is not None:
                 finish = item.finish
-                await response.write(_sse({"done": True, "finish_reason": item.finish}))
+                pending += _sse({"done": True, "finish_reason": item.finish})
+            if job.output.empty() or item.finish is not None:  # one write for what is ready
+                await response.write(bytes(pending))
+                pending.clear()
         assert response is not None
         await response.write_eof()
     except ConnectionError:  # the client went away mid-stream; its slot is freed below
@@ -402,6 +406,7 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
         return _sse({**head, "object": "chat.completion.chunk", "choices": [choice]})
 
     response: web.StreamResponse | None = None
+    pending = bytearray()
     try:
         if not chat.stream:
             texts = []
@@ -426,17 +431,20 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
                 finish = "error"
                 if response is None:
                     raise _failure_error(item)
-                await response.write(_sse(_failure_error(item).body()))
+                await response.write(bytes(pending) + _sse(_failure_error(item).body()))
                 await response.write_eof()
                 return response
             if response is None:
                 response = await _event_stream(request)
-                await response.write(chunk({"role": "assistant", "content": ""}, None))
+                pending += chunk({"role": "assistant", "content": ""}, None)
             if item.text:
-                await response.write(chunk({"content": item.text}, None))
+                pending += chunk({"content": item.text}, None)
             if item.finish is not None:
                 finish = item.finish
-                await response.write(chunk({}, OPENAI_FINISH.get(item.finish, item.finish)))
+                pending += chunk({}, OPENAI_FINISH.get(item.finish, item.finish))
+            if job.output.empty() or item.finish is not None:  # one write for what is ready
+                await response.write(bytes(pending))
+                pending.clear()
         assert response is not None
         if chat.include_usage:
             await response.write(

@@ -59,6 +59,26 @@ def parse_devices(options: ServerOptions) -> list[str]:
     return ["cpu"] * options.workers
 
 
+def check_address(host: str, port: int) -> None:
+    """Fail early, before the workers load, when ``host:port`` cannot be bound.
+
+    Raises:
+        UsageError: an unknown host, or a port in use or not allowed.
+    """
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host!r}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def threads_per_worker(devices: list[str], requested: int) -> int:
     """Torch threads of each CPU worker: the cores shared out among several CPU workers, at
     least one; 0 (torch's default) for a single one."""
@@ -91,6 +111,7 @@ class AiohttpServer:
         from nanochat.core.chat import choose_checkpoint
 
         options: ServerOptions = ctx.options or self.options
+        check_address(options.host, options.port)
         checkpoint = choose_checkpoint(ctx, options.source or None)
         tokenizer = ctx.load_tokenizer()
         devices = parse_devices(options)
@@ -180,9 +201,7 @@ async def _run(
         try:
             await site.start()
         except OSError as exc:
-            raise UsageError(
-                f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}"
-            ) from None
+            raise UsageError(f"cannot listen on {options.host}:{options.port}: {exc}") from None
         port = _bound_port(site, options.port)
         where = ", ".join(f"{s.device}" for s in specs)
         status.info(

@@ -106,7 +106,7 @@ class AiohttpServer:
         Raises:
             UsageError: bad devices.
             StageError: the run has no such checkpoint.
-            RuntimeError: a worker could not load the model.
+            ServerStartError: a worker could not load the model.
         """
         from nanochat.core.chat import choose_checkpoint
 
@@ -155,16 +155,21 @@ async def _run(
     """Start the pool, listen, and shut down on a signal."""
     from aiohttp import web
 
-    from nanochat.plugins.server.app import ServerState, build_app
+    from nanochat.plugins.server.app import build_app
     from nanochat.plugins.server.pool import Failure, WorkerPool
+    from nanochat.plugins.server.state import ServerState
 
     status = logging.getLogger(STATUS_LOG)
     if logging.getLogger().level <= logging.WARNING:  # not -q
         status.setLevel(min(logging.INFO, logging.getLogger().level))
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop, cut = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:  # the first stops gracefully, a second cuts at once
+        (cut if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     pool = WorkerPool(specs, options.queue_size)
     runner: web.AppRunner | None = None
     try:
@@ -186,9 +191,10 @@ async def _run(
             checkpoint=source,
             max_messages=options.max_messages,
             max_tokens_default=options.max_tokens_default,
+            max_body_bytes=options.max_body_bytes,
             api_key=api_key,
         )
-        app = build_app(state, options.max_body_bytes)
+        app = build_app(state)
         access: dict[str, Any] = {"access_log": None}
         if options.access_log:
             access = {
@@ -217,10 +223,14 @@ async def _run(
             "; API key required" if api_key else "",
         )
         await stop.wait()
-        status.info("shutting down: finishing %d running answer(s)", pool.active)
+        status.info(
+            "shutting down: finishing %d running answer(s) for up to %g s (again to cut them)",
+            pool.active,
+            options.shutdown_timeout_s,
+        )
         state.draining = True
         await site.stop()
-        await _drain(pool, options.shutdown_timeout_s)
+        await _drain(pool, options.shutdown_timeout_s, cut)
         pool.fail_all(Failure(503, "the server is shutting down", "service_unavailable"))
         await asyncio.sleep(0)  # let handlers write their last event
     finally:
@@ -229,10 +239,10 @@ async def _run(
         pool.close()
 
 
-async def _drain(pool: Any, timeout: float) -> None:
-    """Wait until no request runs or waits, at most ``timeout`` seconds."""
+async def _drain(pool: Any, timeout: float, cut: asyncio.Event) -> None:
+    """Wait until no request runs or waits, at most ``timeout`` seconds or until ``cut``."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while pool.active and asyncio.get_running_loop().time() < deadline:
+    while pool.active and asyncio.get_running_loop().time() < deadline and not cut.is_set():
         await asyncio.sleep(0.05)
 
 

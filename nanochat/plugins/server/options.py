@@ -26,7 +26,8 @@ class ServerOptions:
         max_messages: most messages in one conversation.
         max_tokens_default: answer budget when a request gives no ``max_tokens`` (the model's
             context still caps it).
-        threads: torch threads per CPU worker (0: the CPU cores divided among the workers).
+        threads: torch threads per CPU worker (0: torch's default for a single CPU worker, the
+            cores divided among several).
         shutdown_timeout_s: on SIGTERM/SIGINT, how long running answers may go on before they
             are cut.
         access_log: log one line per request (method, path, status, size, time; never message

@@ -26,9 +26,14 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from nanochat.core.errors import NanochatError
 from nanochat.plugins.server.worker import WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
+
+
+class ServerStartError(NanochatError):
+    """A worker could not load the model (the message says which and why)."""
 
 
 class Overloaded(Exception):
@@ -116,7 +121,7 @@ class WorkerPool:
         """Start every worker and wait until each has loaded its model.
 
         Raises:
-            RuntimeError: a worker failed to load (its one-line reason) or took too long.
+            ServerStartError: a worker failed to load (its one-line reason) or took too long.
         """
         self._loop = asyncio.get_running_loop()
         context = multiprocessing.get_context("spawn")
@@ -136,12 +141,12 @@ class WorkerPool:
             failed = [w for w in self.workers if not w.alive]
             if failed:
                 w = failed[0]
-                raise RuntimeError(
+                raise ServerStartError(
                     f"worker {w.spec.index} ({w.spec.device}) failed to start: "
                     f"{w.error or f'exit code {w.exit_code}'}"
                 )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the workers did not load the model within {timeout:.0f} s")
+                raise ServerStartError(f"the workers did not load the model within {timeout:.0f} s")
             await asyncio.sleep(0.05)
 
     def close(self, timeout: float = 5.0) -> None:

@@ -59,6 +59,26 @@ def parse_devices(options: ServerOptions) -> list[str]:
     return ["cpu"] * options.workers
 
 
+def check_address(host: str, port: int) -> None:
+    """Fail early, before the workers load, when ``host:port`` cannot be bound.
+
+    Raises:
+        UsageError: an unknown host, or a port in use or not allowed.
+    """
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--host {host!r}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def threads_per_worker(devices: list[str], requested: int) -> int:
     """Torch threads of each CPU worker: the cores shared out among several CPU workers, at
     least one; 0 (torch's default) for a single one."""
@@ -86,11 +106,12 @@ class AiohttpServer:
         Raises:
             UsageError: bad devices.
             StageError: the run has no such checkpoint.
-            RuntimeError: a worker could not load the model.
+            ServerStartError: a worker could not load the model.
         """
         from nanochat.core.chat import choose_checkpoint
 
         options: ServerOptions = ctx.options or self.options
+        check_address(options.host, options.port)
         checkpoint = choose_checkpoint(ctx, options.source or None)
         tokenizer = ctx.load_tokenizer()
         devices = parse_devices(options)
@@ -134,16 +155,21 @@ async def _run(
     """Start the pool, listen, and shut down on a signal."""
     from aiohttp import web
 
-    from nanochat.plugins.server.app import ServerState, build_app
+    from nanochat.plugins.server.app import build_app
     from nanochat.plugins.server.pool import Failure, WorkerPool
+    from nanochat.plugins.server.state import ServerState
 
     status = logging.getLogger(STATUS_LOG)
     if logging.getLogger().level <= logging.WARNING:  # not -q
         status.setLevel(min(logging.INFO, logging.getLogger().level))
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop, cut = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:  # the first stops gracefully, a second cuts at once
+        (cut if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     pool = WorkerPool(specs, options.queue_size)
     runner: web.AppRunner | None = None
     try:
@@ -165,9 +191,10 @@ async def _run(
             checkpoint=source,
             max_messages=options.max_messages,
             max_tokens_default=options.max_tokens_default,
+            max_body_bytes=options.max_body_bytes,
             api_key=api_key,
         )
-        app = build_app(state, options.max_body_bytes)
+        app = build_app(state)
         access: dict[str, Any] = {"access_log": None}
         if options.access_log:
             access = {
@@ -180,9 +207,7 @@ async def _run(
         try:
             await site.start()
         except OSError as exc:
-            raise UsageError(
-                f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}"
-            ) from None
+            raise UsageError(f"cannot listen on {options.host}:{options.port}: {exc}") from None
         port = _bound_port(site, options.port)
         where = ", ".join(f"{s.device}" for s in specs)
         status.info(
@@ -198,10 +223,14 @@ async def _run(
             "; API key required" if api_key else "",
         )
         await stop.wait()
-        status.info("shutting down: finishing %d running answer(s)", pool.active)
+        status.info(
+            "shutting down: finishing %d running answer(s) for up to %g s (again to cut them)",
+            pool.active,
+            options.shutdown_timeout_s,
+        )
         state.draining = True
         await site.stop()
-        await _drain(pool, options.shutdown_timeout_s)
+        await _drain(pool, options.shutdown_timeout_s, cut)
         pool.fail_all(Failure(503, "the server is shutting down", "service_unavailable"))
         await asyncio.sleep(0)  # let handlers write their last event
     finally:
@@ -210,10 +239,10 @@ async def _run(
         pool.close()
 
 
-async def _drain(pool: Any, timeout: float) -> None:
-    """Wait until no request runs or waits, at most ``timeout`` seconds."""
+async def _drain(pool: Any, timeout: float, cut: asyncio.Event) -> None:
+    """Wait until no request runs or waits, at most ``timeout`` seconds or until ``cut``."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while pool.active and asyncio.get_running_loop().time() < deadline:
+    while pool.active and asyncio.get_running_loop().time() < deadline and not cut.is_set():
         await asyncio.sleep(0.05)
 
 

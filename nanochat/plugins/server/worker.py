@@ -23,6 +23,7 @@ The worker ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -105,8 +106,6 @@ class _Active:
 
 def _load(spec: WorkerSpec) -> tuple[Any, Callable[[], Any]]:
     """Load the model and build the engine; returns ``(engine, autocast factory)``."""
-    import contextlib
-
     import torch
 
     from nanochat.core import registry as registry_module
@@ -168,7 +167,13 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     )
     inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
     threading.Thread(target=_receive, args=(conn, inbox), daemon=True).start()
-    _serve(conn, inbox, engine)
+    try:
+        _serve(conn, inbox, engine)
+    except Exception as exc:  # a broken engine or model: say why, then exit (the pool reports)
+        log.exception("worker %d failed", spec.index)
+        with contextlib.suppress(OSError, ValueError):
+            conn.send(("fatal", f"{type(exc).__name__}: {exc}".splitlines()[0]))
+        raise SystemExit(1) from None
 
 
 def _receive(conn: Connection, inbox: queue.Queue[tuple[Any, ...]]) -> None:

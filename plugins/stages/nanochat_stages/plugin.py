@@ -5,6 +5,7 @@ from __future__ import annotations
 from nanochat.core.components import ComponentSpec, Preset
 from nanochat.core.hookspecs import hookimpl
 from nanochat_stages.options import (
+    DpoOptions,
     MidtrainOptions,
     PretrainOptions,
     SftOptions,
@@ -46,6 +47,14 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.chat_stages:SftStage",
             summary="fine-tune the chat model on padded conversations (loss on assistant turns)",
             options=SftOptions,
+            produces=("model", "chat"),
+        ),
+        ComponentSpec(
+            kind="stage",
+            name="dpo",
+            factory="nanochat_stages.dpo_stage:DpoStage",
+            summary="preference-tune the chat model (DPO) on preference pairs or on-policy pairs",
+            options=DpoOptions,
             produces=("model", "chat"),
         ),
     ]

@@ -13,8 +13,10 @@ multi-turn prompt included), tool output and padding carry no loss.
   sampled ids, forced tool output masked. The pairs are saved in the run as jsonl
   (:func:`save_pairs`), in a shape ``preferences-jsonl`` reads back.
 
-:class:`PairBatches` deals pairs to ranks like every dataset stream (the same global batch for
-any number of ranks when the pairs are one list) and resumes from its saved position.
+:class:`PairBatches` has every rank walk the same shuffled stream of pairs, epoch after epoch,
+and keep every ``world_size``-th: an optimizer step over ``N`` pairs takes the same ``N`` pairs
+for any number of ranks (as long as no pair is dropped for its length), which makes 2 ranks
+train like 1. It resumes from its saved position.
 """
 
 from __future__ import annotations
@@ -220,7 +222,7 @@ _META_KEYS = (
 
 
 class PairList(ListDataset):
-    """Ready pairs as a one-split dataset (dealt to ranks item by item)."""
+    """Ready pairs as a one-split dataset."""
 
     kind = "preferences"
     split_names = ("train",)
@@ -239,7 +241,7 @@ class PairList(ListDataset):
 
 
 class PairBatches:
-    """Endless micro-batches of ``rows`` pairs of one rank, resumable.
+    """Endless micro-batches of ``rows`` pairs of one rank, resumable (see the module doc).
 
     ``next_batch`` returns ``(inputs, targets)`` of ``2 * rows`` sequences: the chosen ones
     first, then the rejected ones in the same order; targets are ``-1`` where no loss is taken.
@@ -275,26 +277,32 @@ class PairBatches:
         state = state or {}
         self.epoch = int(state.get("epoch", 0))
         self.cursor = state.get("cursor")
+        self.position = int(state.get("position", 0))  # items of the global stream passed
         self.counts = dict(state.get("counts", {"used": 0, "truncated": 0, "dropped": 0}))
         self._iter: Iterator[tuple[Any, Any]] | None = None
 
-    def _next_item(self) -> Any:
+    def _next_global(self) -> Any:
+        """The next item of the one stream every rank walks (epoch after epoch)."""
         for _ in range(2):
             if self._iter is None:
                 self._iter = self.dataset.iter(
-                    "train",
-                    rank=self.rank,
-                    world_size=self.world_size,
-                    seed=self.seed + self.epoch,
-                    cursor=self.cursor,
+                    "train", seed=self.seed + self.epoch, cursor=self.cursor
                 )
             for item, cursor in self._iter:
                 self.cursor = cursor
                 return item
             if self.cursor is None:
-                raise DataError(f"{self.dataset.name}: rank {self.rank} has no pairs")
+                raise DataError(f"{self.dataset.name}: the train split has no pairs")
             self.epoch, self.cursor, self._iter = self.epoch + 1, None, None
-        raise DataError(f"{self.dataset.name}: an epoch of rank {self.rank} was empty")
+        raise DataError(f"{self.dataset.name}: an epoch was empty")
+
+    def _next_item(self) -> Any:
+        """This rank's next item: every ``world_size``-th of the global stream."""
+        while True:
+            item = self._next_global()
+            self.position += 1
+            if (self.position - 1) % self.world_size == self.rank:
+                return item
 
     def next_pair(self) -> Pair:
         """The next usable pair of this rank."""
@@ -321,8 +329,13 @@ class PairBatches:
         return batch.inputs, batch.targets
 
     def state(self) -> dict[str, Any]:
-        """Epoch, dataset cursor and counts (plain Python values)."""
-        return {"epoch": self.epoch, "cursor": self.cursor, "counts": dict(self.counts)}
+        """Epoch, dataset cursor, global position and counts (plain Python values)."""
+        return {
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "position": self.position,
+            "counts": dict(self.counts),
+        }
 
     def stats(self) -> dict[str, int]:
         """Pairs used, truncated and dropped on this rank."""

@@ -143,7 +143,8 @@ def completion_message(tokenizer: Any, tokens: Sequence[int]) -> Message:
     closes = {specials.get(st.PYTHON_END), specials.get(st.OUTPUT_END)}
     end = specials.get(st.ASSISTANT_END)
     parts: list[Part] = []
-    kind, run = "text", []
+    kind = "text"
+    run: list[int] = []
 
     def flush() -> None:
         if run or kind != "text":
@@ -189,7 +190,10 @@ def load_pairs(path: Path) -> list[Pair]:
     from nanochat.core.rollouts import Rollout
 
     if not path.is_file():
-        raise DataError(f"{path} is missing: the on-policy pairs of this stage are gone")
+        raise DataError(
+            f"{path} is missing, so the stage cannot resume on the same pairs; delete "
+            f"{path.parent} to start it over"
+        )
     pairs = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):

@@ -188,6 +188,7 @@ class DpoOptions(TrainingOptions):
         dataset: a ``preferences`` dataset, or a ``problems`` dataset for on-policy pairs.
         beta: strength of the implicit KL constraint to the reference.
         device_batch_size: pairs per forward pass per process (each pair is two rows).
+        total_batch_tokens: unused: dpo counts its batch in pairs (total_batch_pairs); keep 0.
         total_batch_pairs: pairs per optimizer step over all ranks (a multiple of
             device_batch_size x world_size); 0: one micro-step.
         epochs: passes over the pairs when max_steps is 0 (then it must be positive).
@@ -208,12 +209,14 @@ class DpoOptions(TrainingOptions):
         eval_every: validation every N steps (and at the start and the end).
         checkpoint_every: a checkpoint every N steps (and at the end).
         sample_tokens: tokens generated per sample.
+        seed: seed of the pair order and of the on-policy samples.
     """
 
     source: str = ""
     dataset: str = "arithmetic"
     beta: float = option(0.1, gt=0)
     device_batch_size: int = option(4, ge=1, le=65536)
+    total_batch_tokens: int = option(0, ge=0)
     total_batch_pairs: int = option(0, ge=0)
     epochs: float = option(1.0, ge=0)
     overflow: str = option("drop", choices=("drop", "truncate"))
@@ -233,3 +236,4 @@ class DpoOptions(TrainingOptions):
     eval_every: int = option(50, ge=1)
     checkpoint_every: int = option(50, ge=1)
     sample_tokens: int = option(64, ge=0)
+    seed: int = option(0, ge=0)

@@ -517,9 +517,13 @@ def test_dpo_two_ranks_match_one_rank(base_home: Path, coin_site: Path, tmp_path
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "reward_accuracy", "chosen_logp", "rejected_logp"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (key, a, b)
+    # the weights agree to within 1% of how far the 6 steps moved them (float sums differ in
+    # order over 2 ranks, and Adam's normalisation magnifies that on rarely seen embeddings)
     wa, wb = weights(homes[1], 5), weights(homes[2], 5)
-    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
-    assert worst < 1e-4, worst
+    start = load_file(str(homes[1] / "runs/p/pretrain/checkpoints/step_00000019/model.safetensors"))
+    for key in wa:
+        moved = (wa[key] - start[key]).abs().max().item()
+        assert (wa[key] - wb[key]).abs().max().item() <= 0.01 * moved + 1e-7, key
     assert done(homes[2])["pass1"] == done(homes[1])["pass1"]
     last = homes[2] / "runs/p/dpo/checkpoints/step_00000005"
     state = torch.load(last / "state.pt", weights_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -157,3 +158,22 @@ def test_cli_download_failure_is_one_line(server: ShardServer, tmp_path: Path, c
     assert "Traceback" not in err
     error_lines = [line for line in err.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1 and shard_name(N_SHARDS) in error_lines[0]
+
+
+def test_download_stage_in_a_pipeline(
+    server: ShardServer, tmp_path: Path, home: Path, capsys
+) -> None:
+    """The GPU presets' first stage: downloads once, a re-run skips it; failures are one line."""
+    target = tmp_path / "shards"
+    options = ["-o", f"download-fineweb.base_url={server.url}"]
+    options += ["-o", f"download-fineweb.path={target}", "-o", "download-fineweb.retries=1"]
+    options += ["-o", "download-fineweb.num_shards=3"]
+    code, _, err = _run_cli(["run", "download-fineweb", "--run", "dl", *options], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in target.iterdir()) == [shard_name(i) for i in range(3)]
+    done = json.loads((home / "runs" / "dl" / "download-fineweb" / "done.json").read_text())
+    assert done["result"]["downloaded"] == 3 and done["result"]["shards"] == 3
+    options[-1] = f"download-fineweb.num_shards={N_SHARDS + 1}"  # one more than the server has
+    code, _, err = _run_cli(["run", "download-fineweb", "--run", "dl2", *options], capsys)
+    assert code != 0 and "Traceback" not in err
+    assert f"1 of {N_SHARDS + 1} shards failed to download" in err

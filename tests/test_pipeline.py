@@ -117,3 +117,56 @@ def test_stage_errors_are_one_line(home: Path, plugin_sites, monkeypatch, capsys
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and needle in lines[0], (args, err)
         assert "Traceback" not in err
+
+
+GRU_SMALL = [
+    "--model",
+    "gru",
+    "--tokenizer",
+    "bytes",
+    "-o",
+    "tokenizer.max_chars=20000",
+    "-o",
+    "tokenizer.eval_chars=2000",
+    "-o",
+    "model.sequence_len=64",
+    "-o",
+    "pretrain.max_steps=2",
+    "-o",
+    "pretrain.device_batch_size=4",
+    "-o",
+    "pretrain.eval_tokens=256",
+    "-o",
+    "pretrain.sample_tokens=2",
+    "-o",
+    "sft.max_steps=2",
+    "-o",
+    "sft.device_batch_size=2",
+    "-o",
+    "sft.eval_conversations=2",
+    "-o",
+    "sft.overflow=truncate",
+    "-o",
+    "sft.sample_tokens=2",
+    "-o",
+    "eval-bpb.tokens=256",
+]
+
+
+def test_an_eval_after_each_model_stage_scores_that_stage(home: Path, plugin_sites) -> None:
+    stages = ["tokenizer", "pretrain", "eval:bpb", "sft", "eval:bpb"]
+    sites = [plugin_sites["gru"]]
+    result = run_cli(["run", *stages, "--run", "e2", *GRU_SMALL], home, sites)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = home / "runs" / "e2" / "eval-bpb"
+    for stage in ("pretrain", "sft"):
+        done = json.loads((folder / f"done-{stage}.json").read_text())
+        assert Path(done["checkpoint"]).parent.parent.name == stage
+    scored = [r["scored"] for r in read_jsonl(folder.parent / "metrics.jsonl") if "scored" in r]
+    assert [s.split("/")[0] for s in scored] == ["pretrain", "sft"]
+    # resumed with both models trained, the first eval still scores pretrain's model, once
+    (folder / "done-pretrain.json").unlink()
+    again = run_cli(["run", *stages, "--run", "e2", *GRU_SMALL], home, sites)
+    assert again.returncode == 0, again.stderr[-3000:]
+    scored = [r["scored"] for r in read_jsonl(folder.parent / "metrics.jsonl") if "scored" in r]
+    assert [s.split("/")[0] for s in scored] == ["pretrain", "sft", "pretrain"]

@@ -19,7 +19,7 @@ from nanochat.core.context import RunContext
 from nanochat.core.conversation import render_for_completion
 from nanochat.core.data import Conversation
 from nanochat.core.engine import Engine, Event, Request, SamplingParams
-from nanochat.core.errors import StageError, UsageError
+from nanochat.core.errors import UsageError
 from nanochat.core.models import Model
 from nanochat.core.registry import Registry, create_component
 from nanochat.core.rundir import run_directory
@@ -59,24 +59,9 @@ class ChatModel:
 
 
 def choose_checkpoint(ctx: RunContext, source: str | None) -> Checkpoint:
-    """The newest chat checkpoint, or the newest checkpoint of the stage ``source`` names.
-
-    Raises:
-        StageError: nothing matches (the message lists the run's model stages).
-        UsageError: ``source`` matches several stages.
-    """
-    if source is None:
-        return ctx.newest_model_checkpoint("chat")
-    stages = ctx.model_stages("model")
-    matches = [s for s in stages if s == source] or [s for s in stages if s.startswith(source)]
-    if len(matches) > 1:
-        raise UsageError(f"--source {source} matches several stages: {', '.join(matches)}")
-    if not matches:
-        known = ", ".join(stages) or "none yet"
-        raise StageError(
-            f"run {ctx.run_name!r} has no model stage {source!r} (its model stages: {known})"
-        )
-    return ctx.newest_model_checkpoint(stages=matches)
+    """The newest chat checkpoint, or the newest checkpoint of the stage ``source`` names (see
+    :meth:`RunContext.choose_checkpoint`)."""
+    return ctx.choose_checkpoint(source, "chat")
 
 
 def load_chat_model(

@@ -130,6 +130,7 @@ def list_command(kind: str, as_json: bool, verbose: bool) -> None:
                 "summary": preset.summary,
                 "overrides": dict(preset.overrides),
                 "defaults": dict(preset.defaults),
+                "stages": list(preset.stages),
             }
             for name, (plugin, preset) in sorted(reg.presets().items())
         ]
@@ -138,6 +139,8 @@ def list_command(kind: str, as_json: bool, verbose: bool) -> None:
         for row in [] if as_json else rows:
             click.echo(f"{row['name']:<16} {row['summary']}  [{row['plugin']}]")
             sets: dict[str, Any] = {**row["defaults"], **row["overrides"]}
+            if verbose and row["stages"]:
+                click.echo(f"    speedrun: {' '.join(row['stages'])}")
             for target, value in sets.items() if verbose else ():
                 click.echo(f"    {target} = {value!r}")
         return
@@ -295,12 +298,12 @@ def run_command(
     from nanochat.core.pipeline import run_pipeline
 
     reg = registry_module.get_registry()
-    plan = _plan(reg, stages, run_name, preset, overrides, model, tokenizer, loggers, device)
+    plan = cli_plan(reg, stages, run_name, preset, overrides, model, tokenizer, loggers, device)
     with torchrun_runtime(device) as runtime:
         run_pipeline(plan, reg, runtime)
 
 
-def _plan(
+def cli_plan(
     reg: Registry,
     stages: Sequence[str],
     run_name: str,
@@ -311,7 +314,7 @@ def _plan(
     loggers: Sequence[str],
     device: str,
 ) -> RunPlan:
-    """``plan_run`` with the CLI's default model and tokenizer names."""
+    """``plan_run`` with the CLI's default model and tokenizer names (for ``run``-like commands)."""
     from nanochat.core.plan import plan_run
 
     return plan_run(
@@ -331,10 +334,17 @@ def _plan(
 @cli.command("eval", context_settings={"show_default": True})
 @click.argument("name")
 @single_option("--run", "run_name", default="default", help="Run whose newest model to evaluate.")
-@component_options("eval-bpb.tokens=10000")
+@single_option(
+    "--source",
+    default=None,
+    help="Stage whose newest checkpoint to evaluate (a name or unique prefix, e.g. sft, rl); "
+    "default: the run's newest model.",
+)
+@component_options("eval-gsm8k.limit=50")
 def eval_command(
     name: str,
     run_name: str,
+    source: str | None,
     overrides: tuple[str, ...],
     model: str | None,
     tokenizer: str | None,
@@ -346,14 +356,14 @@ def eval_command(
 
     reg = registry_module.get_registry()
     stages = (f"eval:{name}",)
-    plan = _plan(reg, stages, run_name, None, overrides, model, tokenizer, loggers, device)
+    plan = cli_plan(reg, stages, run_name, None, overrides, model, tokenizer, loggers, device)
     # stdout carries the JSON result alone (for scripts); the console log goes to stderr
     plan.loggers = [
         (r, dataclasses.replace(o, stream="stderr") if r.qualified_name == CONSOLE else o)
         for r, o in plan.loggers
     ]
     with torchrun_runtime(device) as runtime:
-        metrics = run_eval(plan, reg, runtime)
+        metrics = run_eval(plan, reg, runtime, source)
     if runtime is None or runtime.is_main:
         click.echo(json.dumps(metrics, indent=2, default=str))
 
@@ -421,6 +431,17 @@ def chat_command(
             continue
         click.echo("nanochat> ", nl=False)
         answer(text)
+
+
+def _add_commands() -> None:
+    from nanochat.core.cli_report import report_command
+    from nanochat.core.cli_speedrun import speedrun_command
+
+    cli.add_command(report_command)
+    cli.add_command(speedrun_command)
+
+
+_add_commands()
 
 
 def build_cli(reg: Registry) -> click.Group:

@@ -112,13 +112,17 @@ class Preset:
     """A named bundle of overrides (``stage.key -> value``) that ``--preset`` applies.
 
     ``overrides`` keys are ``scope.key`` as with ``-o``; ``defaults`` may set ``model`` or
-    ``tokenizer`` to choose components.
+    ``tokenizer`` to choose components. ``stages`` is the pipeline ``nanochat speedrun`` runs
+    with this preset (stage names and ``eval:NAME`` as on ``nanochat run``), and ``estimates``
+    the seconds each of them takes on the hardware the preset is for (for the time left).
     """
 
     name: str
     summary: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, str] = field(default_factory=dict)
+    stages: tuple[str, ...] = ()
+    estimates: Mapping[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -182,6 +186,9 @@ class RunContext(Protocol):
     Components read earlier artifacts through it (the tokenizer, the newest model, another
     stage's checkpoints) and never build paths into the run themselves.
     """
+
+    evaluated_checkpoint: Any
+    """While an evaluator runs: the checkpoint whose model it was given (else None)."""
 
     @property
     def run_name(self) -> str:
@@ -260,8 +267,14 @@ class RunContext(Protocol):
         """The model saved in ``checkpoint``, built by the plugin recorded in it (CPU)."""
         ...
 
-    def newest_model_checkpoint(self) -> Any:
-        """The newest checkpoint of any stage of the run that produces a model."""
+    def newest_model_checkpoint(self, artifact: str = "model", stages: Any = None) -> Any:
+        """The newest checkpoint of the run's stages that produce ``artifact`` (``model`` or
+        ``chat``), or of the stage scopes ``stages``."""
+        ...
+
+    def choose_checkpoint(self, source: str | None, artifact: str = "chat") -> Any:
+        """The newest ``artifact`` checkpoint, or the newest checkpoint of the model stage that
+        ``source`` names (a scope or a unique prefix: ``sft``, ``mid``)."""
         ...
 
     def open_dataset(self, ref: str, kind: str | None = None) -> Any:

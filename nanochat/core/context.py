@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from nanochat.core.checkpoint import Checkpoint, CheckpointManager, read_json, write_json_atomic
 from nanochat.core.components import Tokenizer, TokenizerFactory
 from nanochat.core.data import Dataset
-from nanochat.core.errors import StageError, UnknownComponentError
+from nanochat.core.errors import StageError, UnknownComponentError, UsageError
 from nanochat.core.plan import RunPlan, StageEntry
 from nanochat.core.registry import Registry, Resolved, create_component
 from nanochat.core.rundir import DONE_FILE, read_run_record
@@ -56,6 +56,7 @@ class RunContext:
         self.entry = entry
         self.metrics = metrics
         self._runtime = runtime
+        self.evaluated_checkpoint: Checkpoint | None = None  # set while an evaluator runs
 
     @property
     def registry(self) -> Registry:
@@ -311,6 +312,27 @@ class RunContext:
                 "(e.g. `pretrain`) first"
             )
         return max(found, key=lambda pair: pair[0])[1]
+
+    def choose_checkpoint(self, source: str | None, artifact: str = "chat") -> Checkpoint:
+        """The newest ``artifact`` checkpoint, or the newest checkpoint of the model stage that
+        ``source`` names (a scope or a unique prefix: ``sft``, ``mid``).
+
+        Raises:
+            StageError: nothing matches (the message lists the run's model stages).
+            UsageError: ``source`` matches several stages.
+        """
+        if source is None:
+            return self.newest_model_checkpoint(artifact)
+        stages = self.model_stages("model")
+        matches = [s for s in stages if s == source] or [s for s in stages if s.startswith(source)]
+        if len(matches) > 1:
+            raise UsageError(f"--source {source} matches several stages: {', '.join(matches)}")
+        if not matches:
+            known = ", ".join(stages) or "none yet"
+            raise StageError(
+                f"run {self.run_name!r} has no model stage {source!r} (its model stages: {known})"
+            )
+        return self.newest_model_checkpoint(stages=matches)
 
     def newest_model(self) -> Model:
         """The run's newest model (see :meth:`newest_model_checkpoint`), on the CPU."""

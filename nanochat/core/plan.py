@@ -201,7 +201,7 @@ def plan_run(
         kind = "eval" if label.startswith(EVAL_PREFIX) else "stage"
         name = label[len(EVAL_PREFIX) :] if kind == "eval" else label
         resolved = registry.resolve(kind, name)
-        if any(e.resolved == resolved for e in entries):
+        if kind == "stage" and any(e.resolved == resolved for e in entries):
             raise UsageError(f"stage {label!r} appears twice in the pipeline")
         scope = stage_scope(registry, kind, resolved)
         entries.append(StageEntry(label, kind, resolved, resolved.spec.options(), scope))

@@ -96,7 +96,7 @@ def score_completion(problem: Problem, tokenizer: Tokenizer, tokens: Sequence[in
 
     The evaluator, ``rl`` and the reference-solution check all score through this.
     """
-    return problem.reward(tokenizer.decode(list(tokens)))
+    return float(problem.reward(tokenizer.decode(list(tokens))))
 
 
 def make_engine(
@@ -170,7 +170,7 @@ def sample_problems(
     for item, done in zip(owners, completions, strict=True):
         for completion in done:
             text = tokenizer.decode(completion.tokens)
-            reward = float(item.problem.reward(text))
+            reward = score_completion(item.problem, tokenizer, completion.tokens)
             item.rollouts.append(
                 Rollout(completion.tokens, completion.forced, text, completion.finish, reward)
             )

@@ -74,9 +74,10 @@ class KVCache:
 
     def prepare(
         self, new_tokens: int, device: torch.device, rows: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, int]:
+    ) -> tuple[torch.Tensor, int, int | None]:
         """Before a forward pass of ``new_tokens`` per row: the positions of the new tokens
-        ``(rows, new_tokens)`` and how many key slots the pass must read.
+        ``(rows, new_tokens)``, how many key slots the pass must read, and the rows' common
+        start position when they all hold the same number of tokens (else None).
 
         Raises:
             ValueError: a row would exceed ``max_len``.
@@ -85,10 +86,11 @@ class KVCache:
             self._positions = self._positions.to(device)
         held = self._positions if rows is None else self._positions[rows]
         positions = held[:, None] + torch.arange(new_tokens, device=device)[None, :]
-        needed = int(positions[:, -1].max().item()) + 1
+        low, high = (int(v) for v in torch.aminmax(held))
+        needed = high + new_tokens
         if needed > self.max_len:
             raise ValueError(f"KV cache full: {needed} positions needed, {self.max_len} allocated")
-        return positions, needed
+        return positions, needed, low if low == high else None
 
     def insert_kv(
         self,
@@ -98,6 +100,7 @@ class KVCache:
         positions: torch.Tensor,
         length: int,
         rows: torch.Tensor | None = None,
+        start: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one layer's new keys/values at each row's positions; return the first
         ``length`` slots of those rows.
@@ -109,6 +112,7 @@ class KVCache:
             positions: ``(B, T)`` positions of the new tokens (from :meth:`prepare`).
             length: how many slots to return.
             rows: the cache rows of the ``B`` lines (None: every row, in order).
+            start: the rows' common first position, when they share one (a slice write).
         """
         if self.keys is None or self.values is None:
             # zeros, not empty: masked-out slots still enter attention as 0 x value, and
@@ -117,6 +121,10 @@ class KVCache:
             self.values = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
         b, h, t, d = k.shape
         layer_k, layer_v = self.keys[layer_idx], self.values[layer_idx]
+        if start is not None and rows is None:
+            layer_k[:, :, start : start + t] = k
+            layer_v[:, :, start : start + t] = v
+            return layer_k[:, :, :length], layer_v[:, :, :length]
         if rows is None:
             index = positions[:, None, :, None].expand(b, h, t, d)
             layer_k.scatter_(2, index, k.to(layer_k.dtype))

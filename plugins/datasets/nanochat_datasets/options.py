@@ -148,3 +148,23 @@ class IdentityOptions:
     name: str = "nanochat"
     creator: str = "the nanochat project"
     val_fraction: float = option(0.1, ge=0, le=1)
+
+
+@dataclass
+class DownloadStageOptions:
+    """Options of the ``download-fineweb`` stage.
+
+    Attributes:
+        num_shards: shards to have, from the first (~100 MB and ~250M characters each; the last
+            one is the validation split).
+        path: target directory (empty: the ``fineweb`` dataset's default folder).
+        base_url: shard folder URL (empty: ``$NANOCHAT_FINEWEB_URL`` or the Hugging Face dataset).
+        workers: parallel downloads.
+        retries: attempts per shard.
+    """
+
+    num_shards: int = option(8, ge=1, le=FINEWEB_MAX_SHARD + 1)
+    path: str = ""
+    base_url: str = ""
+    workers: int = option(4, ge=1, le=64)
+    retries: int = option(5, ge=1, le=100)

@@ -108,6 +108,20 @@ def nanochat_register_datasets() -> list[ComponentSpec]:
 
 
 @hookimpl
+def nanochat_register_stages() -> list[ComponentSpec]:
+    """The ``download-fineweb`` stage (the GPU presets' first step)."""
+    return [
+        ComponentSpec(
+            kind="stage",
+            name="download-fineweb",
+            factory=f"{_PKG}.download_stage:DownloadFinewebStage",
+            summary="download FineWeb-Edu shards 0..N-1 (rank 0; present shards are kept)",
+            options=o.DownloadStageOptions,
+        )
+    ]
+
+
+@hookimpl
 def nanochat_register_commands(cli: click.Group) -> None:
     """Add the ``nanochat data`` group (download, show)."""
     from nanochat_datasets.cli import data

@@ -22,3 +22,32 @@ class BpbOptions:
     split: str = option("val", choices=("train", "val"))
     tokens: int = option(65536, ge=1)
     device_batch_size: int = option(8, ge=1)
+
+
+@dataclass
+class Gsm8kEvalOptions:
+    """Options of the `gsm8k` evaluator.
+
+    Attributes:
+        dataset: any problems dataset (``gsm8k``; ``arithmetic`` for CPU-sized runs).
+        split: the split to score; ``val`` falls back to ``test`` (gsm8k's test split ships
+            with the package, so it works offline).
+        limit: score the first N problems of the split; 0: all of them.
+        samples: completions per problem; accuracy is pass@k over them (k > 1 needs a
+            temperature above 0).
+        temperature: sampling temperature; 0 is greedy.
+        top_k: sample among the k most likely ids; 0: off.
+        max_new_tokens: most tokens per answer (also cut to the model's context).
+        slots: sequences decoded at once per process.
+        seed: sampling seed.
+    """
+
+    dataset: str = "gsm8k"
+    split: str = option("val", choices=("val", "test", "train"))
+    limit: int = option(0, ge=0)
+    samples: int = option(1, ge=1, le=1024)
+    temperature: float = option(0.0, ge=0)
+    top_k: int = option(0, ge=0)
+    max_new_tokens: int = option(256, ge=1)
+    slots: int = option(32, ge=1, le=65536)
+    seed: int = option(0, ge=0)

@@ -174,6 +174,83 @@ class SftOptions(TrainingOptions):
 
 
 @dataclass
+class RlOptions:
+    """Options of the `rl` stage (continues from the newest chat checkpoint of the run).
+
+    Attributes:
+        source: the stage to start from (a name or unique prefix, e.g. sft); empty: the
+            newest chat checkpoint of the run.
+        dataset: a problems dataset reference (``arithmetic`` offline; ``gsm8k`` needs its
+            train split from the hub or a local copy).
+        eval_split: the held-out split for pass@1 (``val``; a dataset without one uses test).
+        prompts_per_step: problems per optimizer step, over all ranks.
+        samples: completions sampled per problem (the group of the advantage).
+        max_new_tokens: most tokens per completion (also cut to the context).
+        temperature: sampling temperature of the training samples.
+        top_k: sample among the k most likely ids; 0: off.
+        std_normalize: divide advantages by the group's standard deviation.
+        kl_coef: weight of a KL penalty to the starting policy; 0: off.
+        clip_ratio: PPO clip range of the probability ratio; 0: off.
+        updates_per_batch: optimizer steps on each batch of samples (PPO epochs).
+        epochs: passes over the train split when max_steps is 0.
+        max_steps: optimizer steps; 0: from epochs.
+        time_budget_s: stop after this many seconds of training; 0: no budget.
+        device_batch_size: sequences per forward/backward pass per process.
+        sample_slots: sequences decoded at once per process.
+        warmup_ratio: share of the steps over which the learning rate warms up from 0.
+        warmdown_ratio: share of the steps at the end over which it decays to final_lr_frac.
+        final_lr_frac: the learning rate at the end, as a fraction of the peak.
+        matrix_lr: peak learning rate of the matrix parameters (Muon).
+        embedding_lr: peak learning rate of the token embedding.
+        unembedding_lr: peak learning rate of the output head.
+        scalar_lr: peak learning rate of scalar parameters.
+        weight_decay: weight decay of the matrix parameters.
+        grad_clip: clip the gradient norm to this; 0 disables clipping.
+        eval_every: held-out pass@1 every N steps (and at the start and the end).
+        eval_problems: held-out problems per evaluation (over all ranks).
+        eval_temperature: temperature of the held-out samples (0: greedy).
+        checkpoint_every: a checkpoint every N steps (and at the end).
+        keep_checkpoints: newest checkpoints kept.
+        compile: torch.compile the model for the loss passes (CUDA only).
+        seed: seed of the problem order and of the samples.
+    """
+
+    source: str = ""
+    dataset: str = "arithmetic"
+    eval_split: str = option("val", choices=("val", "test", "train"))
+    prompts_per_step: int = option(16, ge=1, le=65536)
+    samples: int = option(8, ge=1, le=1024)
+    max_new_tokens: int = option(256, ge=1)
+    temperature: float = option(1.0, gt=0)
+    top_k: int = option(0, ge=0)
+    std_normalize: bool = False
+    kl_coef: float = option(0.0, ge=0)
+    clip_ratio: float = option(0.0, ge=0, lt=1)
+    updates_per_batch: int = option(1, ge=1, le=64)
+    epochs: float = option(1.0, ge=0)
+    max_steps: int = option(0, ge=0)
+    time_budget_s: float = option(0.0, ge=0)
+    device_batch_size: int = option(32, ge=1, le=65536)
+    sample_slots: int = option(64, ge=1, le=65536)
+    warmup_ratio: float = option(0.0, ge=0, le=1)
+    warmdown_ratio: float = option(1.0, ge=0, le=1)
+    final_lr_frac: float = option(0.0, ge=0, le=1)
+    matrix_lr: float = option(0.001, ge=0)
+    embedding_lr: float = option(0.01, ge=0)
+    unembedding_lr: float = option(0.0002, ge=0)
+    scalar_lr: float = option(0.025, ge=0)
+    weight_decay: float = option(0.0, ge=0)
+    grad_clip: float = option(1.0, ge=0)
+    eval_every: int = option(50, ge=1)
+    eval_problems: int = option(256, ge=1)
+    eval_temperature: float = option(0.0, ge=0)
+    checkpoint_every: int = option(50, ge=1)
+    keep_checkpoints: int = option(2, ge=1)
+    compile: bool = False
+    seed: int = option(0, ge=0)
+
+
+@dataclass
 class DpoOptions(TrainingOptions):
     """Options of the `dpo` stage (continues from the run's newest chat checkpoint).
 

@@ -8,6 +8,7 @@ from nanochat_stages.options import (
     DpoOptions,
     MidtrainOptions,
     PretrainOptions,
+    RlOptions,
     SftOptions,
     TokenizerStageOptions,
 )
@@ -31,6 +32,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.pretrain_stage:PretrainStage",
             summary="pretrain the base model on a text dataset (resumable, DDP under torchrun)",
             options=PretrainOptions,
+            extra={"report_label": "BASE"},
             produces=("model",),
         ),
         ComponentSpec(
@@ -39,6 +41,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.chat_stages:MidtrainStage",
             summary="teach the base model the chat format on a packed conversation mixture",
             options=MidtrainOptions,
+            extra={"report_label": "MID"},
             produces=("model", "chat"),
         ),
         ComponentSpec(
@@ -47,6 +50,16 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.chat_stages:SftStage",
             summary="fine-tune the chat model on padded conversations (loss on assistant turns)",
             options=SftOptions,
+            extra={"report_label": "SFT"},
+            produces=("model", "chat"),
+        ),
+        ComponentSpec(
+            kind="stage",
+            name="rl",
+            factory="nanochat_stages.rl_stage:RlStage",
+            summary="on-policy RL (GRPO family) on a problems dataset, rewards from the dataset",
+            options=RlOptions,
+            extra={"report_label": "RL"},
             produces=("model", "chat"),
         ),
         ComponentSpec(

@@ -181,3 +181,53 @@ def run_in_process(
     out, err = capsys.readouterr()
     code = exit_info.value.code
     return (code if isinstance(code, int) else 1), out, err
+
+
+# One-step additions of small numbers: a problems set a tiny model learns on a CPU in seconds.
+EASY_ARITHMETIC = [
+    *("-o", "arithmetic.max_steps=1"),
+    *("-o", "arithmetic.operations=+"),
+    *("-o", "arithmetic.max_value=9"),
+]
+# A small chat model: tokenizer, a short pretrain, sft on the easy problems (depth 2, context 128).
+ARITHMETIC_CHAT = [
+    *("-o", "tokenizer.vocab_size=1024"),
+    *("-o", "tokenizer.max_chars=400000"),
+    *("-o", "tokenizer.eval_chars=20000"),
+    *("-o", "model.depth=2"),
+    *("-o", "model.head_dim=64"),
+    *("-o", "model.sequence_len=128"),
+    *("-o", "pretrain.device_batch_size=8"),
+    *("-o", "pretrain.max_steps=30"),
+    *("-o", "pretrain.eval_every=1000"),
+    *("-o", "pretrain.eval_tokens=1024"),
+    *("-o", "pretrain.sample_tokens=4"),
+    *("-o", "sft.mixture=arithmetic"),
+    *("-o", "sft.val_mixture=arithmetic:0.1"),
+    *("-o", "sft.max_steps=60"),
+    *("-o", "sft.device_batch_size=8"),
+    *("-o", "sft.eval_every=1000"),
+    *("-o", "sft.eval_conversations=16"),
+    *("-o", "sft.sample_tokens=8"),
+    *EASY_ARITHMETIC,
+]
+
+
+@pytest.fixture(scope="session")
+def arithmetic_chat_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with run ``a``: tokenizer, pretrain and sft on easy arithmetic problems (the
+    run records the dataset options, so later commands on it use the same problems).
+
+    Shared by the GSM8K-evaluator and policy-stage tests; copy the run before changing it.
+    """
+    home = tmp_path_factory.mktemp("arithmetic-chat")
+    args = ["run", "tokenizer", "pretrain", "sft", "--run", "a", *ARITHMETIC_CHAT]
+    result = run_cli(args, home, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return home
+
+
+def copy_run(home: Path, target: Path, run: str = "a") -> Path:
+    """Copy run ``run`` of ``home`` into the home ``target`` (created); return ``target``."""
+    shutil.copytree(home / "runs" / run, target / "runs" / run)
+    return target

@@ -51,8 +51,9 @@ def main() -> int:
     result = json.loads((run_dir / "dpo" / "done.json").read_text())["result"]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     pairs = [r for r in records if r.get("stage") == "dpo" and r.get("event") == "pairs"][-1]
-    before, after = result["base_pass1"], result["pass1"]
-    se_before, se_after, n = result["base_pass1_stderr"], result["pass1_stderr"], result["pass1_n"]
+    before, after = result["base_pass@1"], result["pass@1"]
+    se_before, se_after = result["base_pass@1_stderr"], result["pass@1_stderr"]
+    n = result["eval_problems"]
     gain_se = math.sqrt(se_before**2 + se_after**2)
     per_prompt = pairs["samples"] // max(1, pairs["prompts"])
     print(

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEST_PLUGINS, install_package, kill_when_checkpointed, run_cli, run_torchrun
+from conftest import (
+    TEST_PLUGINS,
+    copy_run,
+    install_package,
+    kill_when_checkpointed,
+    run_cli,
+    run_torchrun,
+)
 from nanochat_datasets.options import LocalFileOptions
 from nanochat_stages.dpo_data import (
     Pair,
@@ -314,27 +321,15 @@ def test_step_zero_loss_is_log2_and_only_reply_positions_get_gradient(tiny_gpt) 
 
 
 # ---------------------------------------------------------------- the stage, end to end
+# On the shared small chat model of conftest (run `a`: sft on one-step additions up to 9).
 
-SMALL = [
-    *("-o", "tokenizer.vocab_size=1024"),
-    *("-o", "tokenizer.max_chars=400000"),
-    *("-o", "tokenizer.eval_chars=20000"),
-    *("-o", "model.depth=2"),
-    *("-o", "model.head_dim=64"),
-    *("-o", "model.sequence_len=128"),
-    *("-o", "pretrain.device_batch_size=8"),
-    *("-o", "pretrain.max_steps=20"),
-    *("-o", "pretrain.eval_every=1000"),
-    *("-o", "pretrain.eval_tokens=1024"),
-    *("-o", "pretrain.sample_tokens=4"),
-]
 COLOURS = ("red", "green", "blue", "gold", "grey", "pink", "teal", "plum")
 THINGS = ("cat", "car", "hat", "cup", "box", "pen", "bag", "map", "fox", "jar")
 
 
 def write_preferences(path: Path) -> Path:
-    """Prompts asking a thing's colour: chosen answers politely with a colour, rejected
-    refuses. 80 pairs; the val split (by stable hash) holds the held-out ones."""
+    """Prompts asking a thing's colour: chosen answers with a colour, rejected refuses.
+    80 pairs; the val split (20%, by stable hash) holds the held-out ones."""
     with open(path, "w", encoding="utf-8") as handle:
         for i, (thing, colour) in enumerate((t, c) for t in THINGS for c in COLOURS):
             record = {
@@ -350,67 +345,67 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def dpo_records(home: Path, run: str = "p") -> list[dict]:
-    path = home / "runs" / run / "metrics.jsonl"
-    return [r for r in read_jsonl(path) if r.get("stage") == "dpo"]
+def dpo_records(home: Path) -> list[dict]:
+    return [r for r in read_jsonl(home / "runs/a/metrics.jsonl") if r.get("stage") == "dpo"]
 
 
-def done(home: Path, run: str = "p") -> dict:
-    return json.loads((home / "runs" / run / "dpo" / "done.json").read_text())["result"]
+def step_records(home: Path) -> list[dict]:
+    return [r for r in dpo_records(home) if "loss" in r and "step" in r]
 
 
-def weights(home: Path, step: int, run: str = "p") -> dict[str, torch.Tensor]:
-    path = home / "runs" / run / "dpo" / "checkpoints" / f"step_{step:08d}"
-    return load_file(str(path / "model.safetensors"))
+def done(home: Path) -> dict:
+    return json.loads((home / "runs/a/dpo/done.json").read_text())["result"]
 
 
-@pytest.fixture(scope="module")
-def base_home(tmp_path_factory) -> Path:
-    """A run `p` with a tokenizer and a small pretrained model, and a preferences file."""
-    home = tmp_path_factory.mktemp("dpo-home")
-    result = run_cli(["run", "tokenizer", "pretrain", "--run", "p", *SMALL], home, timeout=600)
+def weights(home: Path, step: int, stage: str = "dpo") -> dict[str, torch.Tensor]:
+    path = home / "runs/a" / stage / "checkpoints" / f"step_{step:08d}" / "model.safetensors"
+    return load_file(str(path))
+
+
+def dpo(home: Path, *extra: str, torchrun: int = 0, sites: tuple[Path, ...] = ()) -> None:
+    args = ["run", "dpo", "--run", "a", "-o", "dpo.sample_tokens=4", *extra]
+    if torchrun:
+        result = run_torchrun(torchrun, args, home, sites=sites)
+    else:
+        result = run_cli(args, home, sites=sites)
     assert result.returncode == 0, result.stderr[-3000:]
-    write_preferences(home / "prefs.jsonl")
-    return home
 
 
-def dpo_args(home: Path, steps: int, *extra: str) -> list[str]:
+def offline(home: Path) -> list[str]:
+    """Options of dpo on the preferences file of ``home``."""
     return [
-        *("run", "dpo", "--run", "p", *SMALL),
-        *("-o", "dpo.source=pretrain"),
         *("-o", f"dpo.dataset=preferences-jsonl:{home / 'prefs.jsonl'}"),
-        *("-o", "preferences-jsonl.val_fraction=0.2"),
-        *("-o", f"dpo.max_steps={steps}", "-o", "dpo.eval_every=1000"),
-        *("-o", "dpo.sample_tokens=4"),
-        *extra,
+        *("-o", "preferences-jsonl.val_fraction=0.2", "-o", "dpo.eval_every=1000"),
     ]
 
 
+# 12 steps of 4 pairs with the default beta and learning rates, a checkpoint every 3 (kept).
+TWELVE = [
+    *("-o", "dpo.max_steps=12", "-o", "dpo.checkpoint_every=3"),
+    *("-o", "dpo.keep_checkpoints=10"),
+]
+
+
 @pytest.fixture(scope="module")
-def trained_home(base_home: Path, tmp_path_factory) -> Path:
-    """`p` after 12 dpo steps with the default beta and learning rates (checkpoints every 3)."""
-    home = tmp_path_factory.mktemp("dpo-trained")
-    shutil.copytree(base_home / "runs", home / "runs")
-    shutil.copy(base_home / "prefs.jsonl", home / "prefs.jsonl")
-    args = dpo_args(home, 12, "-o", "dpo.checkpoint_every=3", "-o", "dpo.keep_checkpoints=10")
-    result = run_cli(args, home)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (home / "args.json").write_text(json.dumps(args))
+def offline_home(arithmetic_chat_home: Path, tmp_path_factory) -> Path:
+    """Run `a` after 12 dpo steps on the colour preferences."""
+    home = copy_run(arithmetic_chat_home, tmp_path_factory.mktemp("dpo-offline"))
+    write_preferences(home / "prefs.jsonl")
+    dpo(home, *offline(home), *TWELVE)
     return home
 
 
-def test_dpo_starts_at_log2_and_learns_held_out_preferences(trained_home: Path) -> None:
-    records = dpo_records(trained_home)
-    steps = [r for r in records if "loss" in r and "step" in r]
+def test_dpo_starts_at_log2_and_learns_held_out_preferences(offline_home: Path) -> None:
+    steps = step_records(offline_home)
     assert [r["step"] for r in steps] == list(range(12))
     assert steps[0]["loss"] == pytest.approx(LOG2, abs=1e-5)  # policy == reference at step 0
     assert steps[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.3
     for key in ("reward_accuracy", "chosen_logp", "rejected_logp", "chosen_reward"):
         assert key in steps[-1]
-    result = done(trained_home)
-    # the held-out pairs (never trained on) at the start: log 2, no pair won yet; the
-    # reference prefers the short refusal to the chosen answer
+    result = done(offline_home)
+    # the held-out pairs (never trained on) at the start: log 2, no pair won yet, and the
+    # reference prefers the refusal to the chosen answer
     assert result["base_val_loss"] == pytest.approx(LOG2, abs=1e-5)
     assert result["base_val_reward_accuracy"] == 0.0
     assert result["base_val_chosen_logp"] < result["base_val_rejected_logp"]
@@ -419,129 +414,127 @@ def test_dpo_starts_at_log2_and_learns_held_out_preferences(trained_home: Path) 
     assert result["val_reward_margin"] > 1.0
     assert result["val_chosen_logp"] > result["base_val_chosen_logp"]
     assert result["val_rejected_logp"] < result["base_val_rejected_logp"]
-    meta = json.loads((trained_home / "runs/p/dpo/checkpoints/step_00000011/meta.json").read_text())
-    assert meta["reference"] == {"stage": "pretrain", "step": 19}
-    plan = next(r for r in records if r.get("event") == "plan")
-    assert plan["batch_pairs"] == 4
+    meta = json.loads((offline_home / "runs/a/dpo/checkpoints/step_00000011/meta.json").read_text())
+    assert meta["reference"] == {"stage": "sft", "step": 59}  # the newest chat checkpoint
+    records = dpo_records(offline_home)
+    assert next(r for r in records if r.get("event") == "plan")["batch_pairs"] == 4
+    assert next(r for r in records if r.get("event") == "init")["source"] == "sft"
 
 
 @pytest.mark.slow
-def test_dpo_exact_resume_after_sigkill(trained_home: Path, tmp_path: Path) -> None:
-    shutil.copytree(trained_home / "runs", tmp_path / "runs")
-    shutil.rmtree(tmp_path / "runs" / "p" / "dpo")
-    args = json.loads((trained_home / "args.json").read_text())
-    checkpoints = tmp_path / "runs" / "p" / "dpo" / "checkpoints"
-    _, steps = kill_when_checkpointed(args, tmp_path, checkpoints, 2)
-    assert steps and steps[-1] < 11
-    result = run_cli(args, tmp_path)
+def test_dpo_exact_resume_after_sigkill(offline_home: Path, tmp_path: Path) -> None:
+    home = copy_run(offline_home, tmp_path)
+    shutil.copy(offline_home / "prefs.jsonl", home / "prefs.jsonl")
+    shutil.rmtree(home / "runs/a/dpo")
+    args = ["run", "dpo", "--run", "a", "-o", "dpo.sample_tokens=4", *offline(home), *TWELVE]
+    _, saved = kill_when_checkpointed(args, home, home / "runs/a/dpo/checkpoints", 2)
+    assert saved and saved[-1] < 11
+    result = run_cli(args, home)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumes = [r for r in dpo_records(tmp_path) if r.get("event") == "resume"]
-    assert resumes and resumes[-1]["step"] == steps[-1] + 1
-    a, b = weights(trained_home, 11), weights(tmp_path, 11)
+    resumes = [r for r in dpo_records(home) if r.get("event") == "resume"]
+    assert resumes and resumes[-1]["step"] == saved[-1] + 1
+    a, b = weights(offline_home, 11), weights(home, 11)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    straight = {r["step"]: r["loss"] for r in dpo_records(trained_home) if "loss" in r}
-    resumed = [r for r in dpo_records(tmp_path) if "loss" in r and r["step"] > steps[-1]]
+    straight = {r["step"]: r["loss"] for r in step_records(offline_home)}
+    resumed = [r for r in step_records(home) if r["step"] > saved[-1]]
     assert resumed and all(r["loss"] == straight[r["step"]] for r in resumed)
-    assert done(tmp_path)["val_loss"] == done(trained_home)["val_loss"]
+    assert done(home)["val_loss"] == done(offline_home)["val_loss"]
 
 
 @pytest.fixture(scope="module")
 def coin_site(tmp_path_factory) -> Path:
-    """The test plugin with the ``coin`` problems dataset (any model solves about half)."""
+    """The test plugin with the ``coin`` problems dataset: an answer of even length is right,
+    so any model solves about half (the arithmetic model here solves too few for pairs)."""
     return install_package(TEST_PLUGINS / "nanochat-coin", tmp_path_factory.mktemp("coin"))
 
 
+# On-policy: 16 coin problems x 4 samples of at most 12 tokens, 8 held-out problems.
 ON_POLICY = [
     *("-o", "dpo.dataset=coin", "-o", "dpo.prompts=16", "-o", "dpo.samples=4"),
-    *("-o", "dpo.max_new_tokens=12", "-o", "dpo.eval_problems=4"),
+    *("-o", "dpo.max_new_tokens=12", "-o", "dpo.eval_problems=8"),
 ]
 
 
 def test_on_policy_pairs_are_saved_and_a_resume_reads_them_back(
-    base_home: Path, coin_site: Path, tmp_path: Path
+    arithmetic_chat_home: Path, coin_site: Path, tmp_path: Path
 ) -> None:
-    shutil.copytree(base_home / "runs", tmp_path / "runs")
-    args = [
-        *dpo_args(tmp_path, 4, *ON_POLICY, "-o", "dpo.checkpoint_every=2"),
-        *("-o", "dpo.device_batch_size=2", "-o", "dpo.keep_checkpoints=5"),
+    home = copy_run(arithmetic_chat_home, tmp_path)
+    four = [
+        *("-o", "dpo.max_steps=4", "-o", "dpo.checkpoint_every=2"),
+        *("-o", "dpo.keep_checkpoints=5", "-o", "dpo.device_batch_size=2"),
     ]
-    result = run_cli(args, tmp_path, sites=[coin_site])
-    assert result.returncode == 0, result.stderr[-3000:]
-    [event] = [r for r in dpo_records(tmp_path) if r.get("event") == "pairs"]
-    saved = read_jsonl(tmp_path / "runs/p/dpo/pairs.jsonl")
+    dpo(home, *ON_POLICY, *four, sites=(coin_site,))
+    [event] = [r for r in dpo_records(home) if r.get("event") == "pairs"]
+    saved = read_jsonl(home / "runs/a/dpo/pairs.jsonl")
     assert event["prompts"] == 16 and event["samples"] == 64
     assert 0.2 < event["sample_accuracy"] < 0.8
     assert len(saved) == event["pairs"] == event["prompts_with_both"] > 0
     assert len({r["index"] for r in saved}) == len(saved)  # one pair per prompt
-    tokenizer = Registry.load().create("tokenizer", "rustbpe").load(tmp_path / "runs/p/tokenizer")
+    tokenizer = Registry.load().create("tokenizer", "rustbpe").load(home / "runs/a/tokenizer")
     for record in saved:  # chosen = a correct sample, rejected = a wrong one (even length wins)
         assert (record["chosen_reward"], record["rejected_reward"]) == (1.0, 0.0)
         assert len(tokenizer.decode(record["chosen_tokens"])) % 2 == 0
         assert len(tokenizer.decode(record["rejected_tokens"])) % 2 == 1
-    assert "pass1" in done(tmp_path) and "base_pass1" in done(tmp_path)
-    # resume from step 1: the pairs are read back, not sampled again, and the end is the same
-    before = weights(tmp_path, 3)
-    shutil.rmtree(tmp_path / "runs/p/dpo/checkpoints/step_00000003")
-    (tmp_path / "runs/p/dpo/done.json").unlink()
-    count = len(dpo_records(tmp_path))
-    result = run_cli(args, tmp_path, sites=[coin_site])
-    assert result.returncode == 0, result.stderr[-3000:]
-    new = dpo_records(tmp_path)[count:]
+        assert record["prompt"][0]["role"] == "user" and record["chosen"]["role"] == "assistant"
+    result = done(home)
+    assert result["eval_problems"] == 8 and {"pass@1", "base_pass@1"} <= result.keys()
+    # resume from step 2: the pairs are read back, not sampled again, and the end is the same
+    before = weights(home, 3)
+    shutil.rmtree(home / "runs/a/dpo/checkpoints/step_00000003")
+    (home / "runs/a/dpo/done.json").unlink()
+    count = len(dpo_records(home))
+    dpo(home, *ON_POLICY, *four, sites=(coin_site,))
+    new = dpo_records(home)[count:]
     assert [r["step"] for r in new if r.get("event") == "resume"] == [2]
     assert not [r for r in new if r.get("event") == "pairs"]
-    after = weights(tmp_path, 3)
+    after = weights(home, 3)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.slow
-def test_dpo_two_ranks_match_one_rank(base_home: Path, coin_site: Path, tmp_path: Path) -> None:
+def test_dpo_two_ranks_match_one_rank(
+    arithmetic_chat_home: Path, coin_site: Path, tmp_path: Path
+) -> None:
     """On-policy pairs sampled by 1 process and by 2 (each its share of the prompts) are the
     same; training on them, 1 process x 4 pairs and 2 processes x 2 pairs (the same global
     batch and seed) give the same losses and weights within float tolerance."""
-    common = (*ON_POLICY, "-o", "dpo.total_batch_pairs=4", "-o", "dpo.checkpoint_every=1000")
-    homes = {}
-    for nproc, rows in ((1, 4), (2, 2)):
-        home = tmp_path / f"n{nproc}"
-        shutil.copytree(base_home / "runs", home / "runs")
-        args = dpo_args(home, 6, *common, "-o", f"dpo.device_batch_size={rows}")
-        if nproc == 1:
-            result = run_cli(args, home, sites=[coin_site])
-        else:
-            result = run_torchrun(2, args, home, sites=[coin_site])
-        assert result.returncode == 0, result.stderr[-3000:]
-        homes[nproc] = home
-    pairs = [(homes[n] / "runs/p/dpo/pairs.jsonl").read_text() for n in (1, 2)]
+    common = [*ON_POLICY, "-o", "dpo.total_batch_pairs=4", "-o", "dpo.max_steps=6"]
+    one = copy_run(arithmetic_chat_home, tmp_path / "one")
+    dpo(one, *common, "-o", "dpo.device_batch_size=4", sites=(coin_site,))
+    two = copy_run(arithmetic_chat_home, tmp_path / "two")
+    dpo(two, *common, "-o", "dpo.device_batch_size=2", torchrun=2, sites=(coin_site,))
+    pairs = [(home / "runs/a/dpo/pairs.jsonl").read_text() for home in (one, two)]
     assert pairs[0] == pairs[1]
-    one, two = ([r for r in dpo_records(homes[n]) if "loss" in r] for n in (1, 2))
-    assert len(one) == len(two) == 6
-    for a, b in zip(one, two, strict=True):
+    a_steps, b_steps = step_records(one), step_records(two)
+    assert len(a_steps) == len(b_steps) == 6
+    for a, b in zip(a_steps, b_steps, strict=True):
         for key in ("loss", "reward_accuracy", "chosen_logp", "rejected_logp"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (key, a, b)
     # the weights agree to within 1% of how far the 6 steps moved them (float sums differ in
     # order over 2 ranks, and Adam's normalisation magnifies that on rarely seen embeddings)
-    wa, wb = weights(homes[1], 5), weights(homes[2], 5)
-    start = load_file(str(homes[1] / "runs/p/pretrain/checkpoints/step_00000019/model.safetensors"))
+    wa, wb, start = weights(one, 5), weights(two, 5), weights(one, 59, "sft")
     for key in wa:
         moved = (wa[key] - start[key]).abs().max().item()
         assert (wa[key] - wb[key]).abs().max().item() <= 0.01 * moved + 1e-7, key
-    assert done(homes[2])["pass1"] == done(homes[1])["pass1"]
-    last = homes[2] / "runs/p/dpo/checkpoints/step_00000005"
-    state = torch.load(last / "state.pt", weights_only=True)
+    assert done(two)["pass@1"] == done(one)["pass@1"]
+    state = torch.load(two / "runs/a/dpo/checkpoints/step_00000005/state.pt", weights_only=True)
     assert len(state["data"]) == 2
 
 
-def test_dpo_bad_input_fails_in_one_line(base_home: Path, tmp_path: Path) -> None:
-    shutil.copytree(base_home / "runs", tmp_path / "runs")
-    shutil.copy(base_home / "prefs.jsonl", tmp_path / "prefs.jsonl")
-    no_chat = run_cli(["run", "dpo", "--run", "p", *SMALL], tmp_path)
-    assert no_chat.returncode != 0 and "has none; run `sft`" in no_chat.stderr, no_chat.stderr
+def test_dpo_bad_input_fails_in_one_line(arithmetic_chat_home: Path, tmp_path: Path) -> None:
     cases = [
         (["-o", "dpo.beta=0"], "dpo.beta"),
         (["-o", "dpo.dataset=demo-chat"], "preferences or a problems dataset"),
-        (["-o", "dpo.total_batch_pairs=6"], "multiple of device_batch_size"),
+        (["-o", "dpo.total_batch_pairs=3"], "multiple of device_batch_size"),
+        (["-o", "dpo.source=nope"], "no model stage 'nope'"),
     ]
-    for extra, message in cases:
-        result = run_cli(dpo_args(tmp_path, 2, *extra), tmp_path)
+    for i, (extra, message) in enumerate(cases):
+        home = copy_run(arithmetic_chat_home, tmp_path / str(i))  # a run remembers options
+        result = run_cli(["run", "dpo", "--run", "a", "-o", "dpo.max_steps=1", *extra], home)
         assert result.returncode != 0, extra
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    home = copy_run(arithmetic_chat_home, tmp_path / "no-chat")
+    shutil.rmtree(home / "runs/a/sft")
+    result = run_cli(["run", "dpo", "--run", "a"], home)
+    assert result.returncode != 0 and "dpo continues from a chat model" in result.stderr

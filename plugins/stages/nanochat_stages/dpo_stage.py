@@ -33,7 +33,7 @@ import torch
 from nanochat.core.checkpoint import Checkpoint
 from nanochat.core.data import DataError, Problem, take
 from nanochat.core.engine import SamplingParams
-from nanochat.core.errors import StageError, UsageError
+from nanochat.core.errors import CheckpointError, StageError, UsageError
 from nanochat.core.progress import Progress
 from nanochat_stages.dpo_data import (
     Pair,
@@ -48,6 +48,7 @@ from nanochat_stages.dpo_loss import dpo_terms
 from nanochat_stages.options import DpoOptions
 from nanochat_stages.policy import load_tools, pad_id, pad_sequences, sample_rollouts
 from nanochat_stages.policy import token_logprobs as _token_logprobs
+from nanochat_stages.resume_checks import corrupt_checkpoint_message
 from nanochat_stages.training import TrainingLoop, gather_objects, no_sync_unless
 
 PAIRS_FILE = "pairs.jsonl"
@@ -107,9 +108,9 @@ def _means(sums: torch.Tensor, pairs: float) -> dict[str, float]:
 class DpoRecipe:
     """The DPO-specific parts of the loop: pairs, validation and samples."""
 
-    def __init__(self, options: DpoOptions, init_from: tuple[str, ...]):
+    def __init__(self, options: DpoOptions):
         self.o = options
-        self.init_from = init_from
+        self.init_from: tuple[str, ...] = ()  # see DpoLoop._starting_point
         self.eval_at_start = True
         self.val_pairs: list[Pair] = []
         self.eval_set: list[tuple[int, Problem]] = []
@@ -154,11 +155,12 @@ class DpoRecipe:
             state=state,
         )
 
-    def _problems(self, split: str, count: int, seed: int) -> list[Problem]:
+    def _problems(self, split: str, count: int, seed: int | None) -> list[Problem]:
+        """The first ``count`` problems of ``split``, shuffled by ``seed`` (None: stored order)."""
         out: list[Problem] = []
         if count <= 0:
             return out
-        for problem, _ in self.data.iter(split, seed=seed):
+        for problem, _ in self.data.iter(split, seed=seed or 0, shuffle=seed is not None):
             out.append(problem)
             if len(out) >= count:
                 break
@@ -240,7 +242,7 @@ class DpoRecipe:
                 if len(self.val_pairs) >= share:
                     break
         if self.data.kind == "problems":
-            problems = self._problems("val", o.eval_problems, 0)
+            problems = self._problems("val", o.eval_problems, None)  # the same as rl's
             self.eval_set = [(i, problems[i]) for i in range(rt.rank, len(problems), rt.world_size)]
             self.sample_prompts = [p.prompt for p in problems[:SAMPLE_PROMPTS]]
         else:
@@ -290,7 +292,8 @@ class DpoRecipe:
         rt.all_reduce_sum(counts)
         solved, n = counts.tolist()
         p = solved / max(1.0, n)
-        return {"pass1": p, "pass1_stderr": math.sqrt(p * (1 - p) / max(1.0, n)), "pass1_n": n}
+        stderr = math.sqrt(p * (1 - p) / max(1.0, n))
+        return {"pass@1": p, "pass@1_stderr": stderr, "eval_problems": n}
 
     def samples(self, loop: Any) -> list[str]:
         """Greedy answers to a few prompts."""
@@ -311,7 +314,28 @@ class DpoLoop(TrainingLoop):
 
     recipe: DpoRecipe
 
+    def _starting_point(self) -> tuple[Checkpoint | None, bool]:
+        """Its own newest checkpoint (a resume), else ``source``'s or the newest chat one."""
+        try:
+            own = self.manager.latest()
+        except CheckpointError as exc:
+            raise StageError(corrupt_checkpoint_message(self.manager, exc)) from None
+        if own is not None:
+            return own, True
+        name = self.ctx.stage_name
+        if self.o.source:
+            return self.ctx.choose_checkpoint(self.o.source, "chat"), False
+        try:
+            return self.ctx.choose_checkpoint(None, "chat"), False
+        except StageError:
+            raise StageError(
+                f"{name} continues from a chat model, but run {self.ctx.run_name!r} has none; "
+                f"run `sft` (or another chat stage) first, or choose one with -o {name}.source="
+                "STAGE"
+            ) from None
+
     def _build(self) -> None:
+        self._batch()
         super()._build()
         self.batch_unit = "pairs"
         if self.latest is not None:
@@ -343,8 +367,8 @@ class DpoLoop(TrainingLoop):
             )
         return manager.load(step)
 
-    def _plan(self) -> tuple[int, int, int]:
-        """``(micro-steps per step, pairs per step, total steps)``."""
+    def _batch(self) -> tuple[int, int]:
+        """``(micro-steps per step, pairs per step)``, checked before any work is done."""
         o, name = self.o, self.ctx.stage_name
         if o.total_batch_tokens:
             raise UsageError(f"{name} counts its batch in pairs: use {name}.total_batch_pairs")
@@ -355,8 +379,13 @@ class DpoLoop(TrainingLoop):
                 f"{name}.total_batch_pairs={total} must be a multiple of device_batch_size x "
                 f"world_size = {micro}"
             )
+        return total // micro, total
+
+    def _plan(self) -> tuple[int, int, int]:
+        """``(micro-steps per step, pairs per step, total steps)``."""
+        accum, total = self._batch()
         num_params = sum(p.numel() for p in self.model.parameters())
-        return total // micro, total, self.recipe.total_steps(self, num_params, total)
+        return accum, total, self.recipe.total_steps(self, num_params, total)
 
     def _micro_steps(self, accum: int) -> tuple[float, int, int]:
         """DPO forward/backward over ``accum`` micro-batches: ``(mean loss, tokens, loss
@@ -384,18 +413,6 @@ class DpoLoop(TrainingLoop):
         return loss, int(tokens), int(loss_tokens)
 
 
-def _chat_sources(ctx: Any) -> tuple[str, ...]:
-    """The run's chat stages other than this one, the newest checkpoint first."""
-    found = []
-    for scope in ctx.model_stages("chat"):
-        if scope == ctx.stage_name:
-            continue
-        latest = ctx.stage_checkpoints(scope).latest()
-        if latest is not None:
-            found.append(((latest.path / "meta.json").stat().st_mtime_ns, scope))
-    return tuple(scope for _, scope in sorted(found, reverse=True))
-
-
 class DpoStage:
     """Direct Preference Optimisation of the run's chat model against its frozen start."""
 
@@ -404,14 +421,4 @@ class DpoStage:
 
     def run(self, ctx: Any) -> dict[str, Any]:
         """Train (or resume) and return the summary."""
-        if self.options.source:
-            init_from: tuple[str, ...] = (self.options.source,)
-        else:
-            init_from = _chat_sources(ctx)
-            if not init_from:
-                raise StageError(
-                    f"{ctx.stage_name} continues from a chat model, but run {ctx.run_name!r} "
-                    "has none; run `sft` (or `midtrain`) first, or name one with "
-                    f"-o {ctx.stage_name}.source=STAGE"
-                )
-        return DpoLoop(ctx, self.options, DpoRecipe(self.options, init_from)).run()
+        return DpoLoop(ctx, self.options, DpoRecipe(self.options)).run()

@@ -66,6 +66,7 @@ _GPU_COMMON = {
     "pretrain.compile": True,
     "eval-gsm8k.dataset": "gsm8k",
     "rl.dataset": "gsm8k",
+    "dpo.dataset": "gsm8k",
 }
 
 
@@ -115,6 +116,15 @@ def presets() -> list[Preset]:
                 "rl.eval_every": 8,
                 "rl.eval_problems": 64,
                 "rl.checkpoint_every": 8,
+                "dpo.dataset": "arithmetic",
+                "dpo.prompts": 256,
+                "dpo.samples": 8,
+                "dpo.max_new_tokens": 48,
+                "dpo.device_batch_size": 8,
+                "dpo.epochs": 2.0,
+                "dpo.eval_problems": 128,
+                "dpo.eval_every": 1000,
+                "dpo.checkpoint_every": 10,
             },
             stages=CPU_PIPELINE,
             estimates={

@@ -25,8 +25,9 @@ def gpt_params(depth: int, vocab: int) -> int:
 )
 def test_gpu_preset_shape_and_token_budget(preset: str, depth: int, params_m: float) -> None:
     registry = Registry.load()
-    plan = plan_run(registry, ["tokenizer", "pretrain"], "presets", preset=preset, defaults=GPT)
-    vocab = plan.stages[0].options.vocab_size
+    stages = ["download-fineweb", "tokenizer", "pretrain"]
+    plan = plan_run(registry, stages, "presets", preset=preset, defaults=GPT)
+    vocab = plan.stages[1].options.vocab_size
     assert vocab == 65536
     factory = registry.create("model", "gpt", plan.model_options)
     config = factory.config(vocab)
@@ -36,11 +37,13 @@ def test_gpu_preset_shape_and_token_budget(preset: str, depth: int, params_m: fl
     assert params == gpt_params(depth, vocab)
     assert params / 1e6 == pytest.approx(params_m, rel=2e-3)
     assert model.sequence_len == 2048
-    pretrain = plan.stages[1].options
+    pretrain = plan.stages[2].options
     assert pretrain.dataset == "fineweb" and pretrain.total_batch_tokens == 524288
     steps = plan_steps(pretrain, params, pretrain.total_batch_tokens)
     assert steps == math.ceil(20 * params / 524288)  # 20 tokens per parameter (Chinchilla)
     tokens = steps * pretrain.total_batch_tokens
     assert 20 * params <= tokens < 20 * params + 524288
-    # the speedrun pipeline of a GPU preset starts from the FineWeb download
-    assert registry.preset(preset).stages[0] == "tokenizer"
+    # the speedrun pipeline of a GPU preset starts by downloading enough FineWeb: a shard holds
+    # ~250M characters, ~52M tokens at the 65k tokenizer's ~4.8 characters per token
+    assert registry.preset(preset).stages[:3] == ("download-fineweb", "tokenizer", "pretrain")
+    assert plan.stages[0].options.num_shards * 52e6 > tokens

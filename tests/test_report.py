@@ -36,6 +36,7 @@ def make_run(home: Path, finished_sft: bool = True) -> Path:
         _stage("pretrain", ["model"]),
         _stage("eval-bpb", [], "eval"),
         _stage("sft", ["model", "chat"]),
+        _stage("eval-gsm8k", [], "eval") | {"options": {"dataset": "arithmetic"}},
     ]
     record = {
         "run": "r",
@@ -64,7 +65,11 @@ def make_run(home: Path, finished_sft: bool = True) -> Path:
         {"time": 200.0, "stage": "sft", "event": "start", "index": 3, "count": 3},
         {"time": 205.0, "stage": "sft", "step": 0, "loss": 2.0, "tokens": 32},
         {"time": 1205.0, "stage": "sft", "event": "start", "index": 3, "count": 3},
+        {"time": 1205.5, "stage": "pretrain", "event": "skipped", "reason": "finished"},
         {"time": 1208.0, "stage": "sft", "step": 1, "loss": 1.5, "tokens": 64},
+        {"time": 1210.0, "stage": "eval-gsm8k", "accuracy": 0.25, "stderr": 0.1, "pass@1": 0.25}
+        | {"problems": 16, "scored": "sft/step_1"},
+        {"time": 113.5, "stage": "eval-bpb", "event": "end", "bpb": 2.1},
         # a standalone `nanochat eval bpb` later scored sft
         {"time": 1300.0, "stage": "eval-bpb", "bpb": 1.9, "tokens": 512, "scored": "sft/step_1"},
     ]
@@ -87,15 +92,22 @@ def make_run(home: Path, finished_sft: bool = True) -> Path:
 def test_summary_columns_rows_and_costs(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     stages = collect_stages(run, read_run_record(run) or {}, None)
-    columns, rows = summary_table(stages)
+    columns, rows, errors = summary_table(stages)
     assert columns == ["PRETRAIN", "SFT"]
     assert rows["validation bits/byte"] == {"PRETRAIN": 2.0}
     assert rows["validation loss (nats/token)"] == {"SFT": 1.2}
     # an evaluator's result lands in the column of the stage it scored; newest wins
-    assert rows["bpb bpb"] == {"PRETRAIN": 2.1, "SFT": 1.9}
+    assert rows["bpb"] == {"PRETRAIN": 2.1, "SFT": 1.9}
+    assert "bpb tokens" not in rows  # counts are not rows
+    # a problems eval: accuracy with its standard error
+    assert rows["gsm8k accuracy (arithmetic)"] == {"SFT": 0.25}
+    assert errors["gsm8k accuracy (arithmetic)"] == {"SFT": 0.1}
+    assert rows["gsm8k pass@1 (arithmetic)"] == {"SFT": 0.25}  # no registry: every metric
     by_scope = {s.scope: s for s in stages}
     assert by_scope["pretrain"].flops == 6000 * 640
     assert by_scope["sft"].seconds == pytest.approx(8.0)  # 5 s + 3 s, not the 1000 s gap
+    assert by_scope["pretrain"].seconds == 11.0  # a later run's "skipped" record adds nothing
+    assert by_scope["eval-bpb"].seconds == pytest.approx(1.5)  # not the standalone eval later
     assert by_scope["sft"].status == "finished"
 
 
@@ -116,14 +128,18 @@ def test_report_file_plots_and_labels(tmp_path: Path, home: Path, monkeypatch, c
     code, out, err = run_in_process(["report", "--run", "r"], [], monkeypatch, capsys)
     assert code == 0, err
     assert out.strip() == str(run / "report.md")
-    assert "| metric | BASE | SFT |" in (run / "report.md").read_text()
+    text = (run / "report.md").read_text()
+    assert "| metric | BASE | SFT |" in text
+    # the built-in gsm8k eval names its headline metric: pass@1 is not a row then
+    assert "| gsm8k accuracy (arithmetic) | — | 0.25 ± 0.1 |" in text
+    assert "pass@1" not in text
 
 
 def test_unfinished_run_and_missing_run(home: Path, monkeypatch, capsys) -> None:
     run = make_run(home, finished_sft=False)
     text = write_report(run).read_text()
     assert "| `sft` | nanochat-stages/sft | unfinished |" in text
-    assert "2 of 3 stages finished" in text
+    assert "2 of 4 stages finished" in text
     code, _, err = run_in_process(["report", "--run", "nope"], [], monkeypatch, capsys)
     assert code != 0
     assert err.startswith("Error: run 'nope' does not exist")

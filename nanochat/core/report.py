@@ -50,6 +50,8 @@ class StageReport:
     label: str
     produces: list[str]
     status: str = "not started"
+    options: dict[str, Any] = field(default_factory=dict)
+    headline: tuple[str, ...] = ()  # an evaluator's table rows (spec extra ``report_metrics``)
     seconds: float | None = None
     tokens: float | None = None
     params: float | None = None
@@ -82,37 +84,37 @@ def finite_number(value: Any) -> float | None:
 
 
 def _wall_seconds(records: list[dict[str, Any]]) -> float | None:
-    """Time between each ``start`` record and the stage's last record before the next start
-    (interrupted and resumed stages count only the time they ran)."""
+    """Seconds the stage ran: from each ``start`` record to its ``end`` record, or to its last
+    record when interrupted (a later run's ``skipped`` record and the gaps do not count)."""
     total, start, last = 0.0, None, None
     for record in records:
-        when = finite_number(record.get("time"))
+        when, event = finite_number(record.get("time")), record.get("event")
         if when is None:
             continue
-        if record.get("event") == "start":
-            if start is not None and last is not None:
-                total += last - start
+        if event in ("start", "skipped") and start is not None and last is not None:
+            total += last - start
+            start = None
+        if event == "start":
             start = when
-        last = when
-    if start is None or last is None:
-        return None
-    return total + last - start
+        if start is not None:
+            last = when
+        if event == "end" and start is not None:
+            total += when - start
+            start = None
+    if start is not None and last is not None:
+        total += last - start
+    return total if any(r.get("event") == "start" for r in records) else None
 
 
-def _labels(registry: Registry | None, stages: list[dict[str, Any]]) -> dict[str, str]:
-    labels = {}
-    for stage in stages:
-        scope = str(stage.get("scope") or stage.get("label"))
-        label = scope.upper()
-        if registry is not None:
-            kind, name = str(stage.get("kind", "stage")), str(stage.get("qualified_name", ""))
-            try:
-                spec = registry.resolve(kind, name).spec
-                label = str(spec.extra.get("report_label", label))
-            except Exception:  # noqa: BLE001 - an uninstalled plugin keeps the plain label
-                pass
-        labels[scope] = label
-    return labels
+def _spec_extras(registry: Registry | None, stage: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` of the stage's spec (``report_label``, ``report_metrics``), if installed."""
+    if registry is None:
+        return {}
+    kind, name = str(stage.get("kind", "stage")), str(stage.get("qualified_name", ""))
+    try:
+        return dict(registry.resolve(kind, name).spec.extra)
+    except Exception:  # noqa: BLE001 - an uninstalled plugin keeps the plain label
+        return {}
 
 
 def collect_stages(
@@ -121,18 +123,20 @@ def collect_stages(
     """One :class:`StageReport` per stage and evaluator of the run, in the run's order."""
     metrics = read_metrics(run_dir / "metrics.jsonl")
     stages = [s for s in record.get("stages", []) if isinstance(s, dict)]
-    labels = _labels(registry, stages)
     reports = []
     for stage in stages:
         scope = str(stage.get("scope") or stage.get("label"))
         rows = [r for r in metrics if r.get("stage") == scope]
+        extras = _spec_extras(registry, stage)
         report = StageReport(
             scope=scope,
             kind=str(stage.get("kind", "stage")),
             plugin=str(stage.get("qualified_name", "?")),
-            label=labels[scope],
+            label=str(extras.get("report_label", scope.upper())),
+            headline=tuple(extras.get("report_metrics", ())),
             produces=list(stage.get("produces", [])),
             records=rows,
+            options=dict(stage.get("options") or {}),
         )
         done_path = run_dir / scope / DONE_FILE
         if done_path.is_file():
@@ -162,20 +166,38 @@ def collect_stages(
     return reports
 
 
-def summary_table(stages: list[StageReport]) -> tuple[list[str], dict[str, dict[str, float]]]:
-    """The card: columns are model stages (by label, in run order); rows are metric names.
+# Evaluator outputs that describe the measurement rather than the model (not table rows).
+COUNT_KEYS = frozenset({"tokens", "problems", "samples", "seconds", "examples"})
+
+
+def _row_name(evaluator: str, key: str, dataset: Any) -> str:
+    name = evaluator if key == evaluator else f"{evaluator} {key}"
+    if isinstance(dataset, str) and dataset and dataset != evaluator:
+        name += f" ({dataset})"
+    return name
+
+
+def summary_table(
+    stages: list[StageReport],
+) -> tuple[list[str], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """The card: ``(columns, rows, errors)``. Columns are model stages (by label, in run
+    order); ``rows[name][column]`` a metric's value and ``errors`` its standard error if known.
 
     A stage's own validation metrics go in its column; an evaluator's result goes in the column
-    of the stage whose checkpoint it scored (the newest such result wins).
+    of the stage whose checkpoint it scored (the newest such result wins). Counts (problems,
+    tokens) are left out; an evaluator whose spec lists ``report_metrics`` gives only those.
     """
     by_scope = {s.scope: s for s in stages}
     columns = [s.label for s in stages if "model" in s.produces]
     rows: dict[str, dict[str, float]] = {}
+    errors: dict[str, dict[str, float]] = {}
 
-    def put(row: str, scope: str, value: float | None) -> None:
+    def put(row: str, scope: str, value: float | None, error: float | None = None) -> None:
         stage = by_scope.get(scope)
         if stage is not None and value is not None and "model" in stage.produces:
             rows.setdefault(row, {})[stage.label] = value
+            if error is not None:
+                errors.setdefault(row, {})[stage.label] = error
 
     for stage in stages:
         if stage.kind == "stage":
@@ -188,9 +210,15 @@ def summary_table(stages: list[StageReport]) -> tuple[list[str], dict[str, dict[
             if not isinstance(scored, str):
                 continue
             for key, value in record.items():
-                if key not in ("time", "stage", "scored", "event"):
-                    put(f"{name} {key}", scored.split("/")[0], finite_number(value))
-    return columns, rows
+                skip = key in ("time", "stage", "scored", "event") or key.endswith("stderr")
+                if skip or key in COUNT_KEYS or (stage.headline and key not in stage.headline):
+                    continue
+                error = record.get(f"{key}_stderr")
+                if key == "accuracy":
+                    error = record.get("stderr", error)
+                row = _row_name(name, key, stage.options.get("dataset"))
+                put(row, scored.split("/")[0], finite_number(value), finite_number(error))
+    return columns, rows, errors
 
 
 def environment() -> dict[str, str]:
@@ -280,12 +308,14 @@ def render_report(
         "## Summary",
         "",
     ]
-    columns, rows = summary_table(stages)
+    columns, rows, errors = summary_table(stages)
+
+    def cell(row: str, column: str) -> str:
+        value, error = rows[row].get(column), errors.get(row, {}).get(column)
+        return _fmt(value) + ("" if error is None else f" ± {_fmt(error, 2)}")
+
     if columns and rows:
-        lines += _table(
-            ["metric", *columns],
-            ([row, *(_fmt(values.get(c)) for c in columns)] for row, values in rows.items()),
-        )
+        lines += _table(["metric", *columns], ([r, *(cell(r, c) for c in columns)] for r in rows))
     else:
         lines.append("No model stage has reported a metric yet.")
     lines += ["", "## Stages", ""]

@@ -248,3 +248,69 @@ class RlOptions:
     keep_checkpoints: int = option(2, ge=1)
     compile: bool = False
     seed: int = option(0, ge=0)
+
+
+@dataclass
+class DpoOptions(TrainingOptions):
+    """Options of the `dpo` stage (continues from the run's newest chat checkpoint).
+
+    With a ``problems`` dataset the pairs are built on-policy before training: the starting
+    model samples ``samples`` completions of each of ``prompts`` train problems; a problem with
+    a correct and a wrong one gives a pair (saved as ``pairs.jsonl`` in the stage's folder).
+    With a ``preferences`` dataset its pairs are used as they are.
+
+    Attributes:
+        source: the stage to continue from (and to use as the frozen reference); empty: the
+            newest chat checkpoint of the run.
+        dataset: a ``preferences`` dataset, or a ``problems`` dataset for on-policy pairs.
+        beta: strength of the implicit KL constraint to the reference.
+        device_batch_size: pairs per forward pass per process (each pair is two rows).
+        total_batch_tokens: unused: dpo counts its batch in pairs (total_batch_pairs); keep 0.
+        total_batch_pairs: pairs per optimizer step over all ranks (a multiple of
+            device_batch_size x world_size); 0: one micro-step.
+        epochs: passes over the pairs when max_steps is 0 (then it must be positive).
+        overflow: a pair longer than the context is dropped, or its replies truncated.
+        prompts: on-policy: train problems sampled.
+        samples: on-policy: completions sampled per problem (k).
+        temperature: on-policy: sampling temperature.
+        top_k: on-policy: sample from the k most likely ids (0: all).
+        max_new_tokens: on-policy: tokens per completion at most.
+        pairs_per_prompt: on-policy: pairs per problem at most (correct i with wrong i).
+        eval_pairs: held-out pairs (val split of a preferences dataset) per validation.
+        eval_problems: held-out problems (val split of a problems dataset) for greedy pass@1.
+        warmdown_ratio: linear decay to final_lr_frac (0) over this share of the stage.
+        matrix_lr: peak learning rate of the matrix parameters.
+        embedding_lr: peak learning rate of the token embedding.
+        unembedding_lr: peak learning rate of the output head.
+        scalar_lr: peak learning rate of scalar parameters.
+        eval_every: validation every N steps (and at the start and the end).
+        checkpoint_every: a checkpoint every N steps (and at the end).
+        sample_tokens: tokens generated per sample.
+        seed: seed of the pair order and of the on-policy samples.
+    """
+
+    source: str = ""
+    dataset: str = "arithmetic"
+    beta: float = option(0.1, gt=0)
+    device_batch_size: int = option(4, ge=1, le=65536)
+    total_batch_tokens: int = option(0, ge=0)
+    total_batch_pairs: int = option(0, ge=0)
+    epochs: float = option(1.0, ge=0)
+    overflow: str = option("drop", choices=("drop", "truncate"))
+    prompts: int = option(256, ge=1)
+    samples: int = option(8, ge=2, le=1024)
+    temperature: float = option(1.0, gt=0)
+    top_k: int = option(0, ge=0)
+    max_new_tokens: int = option(128, ge=1)
+    pairs_per_prompt: int = option(1, ge=1)
+    eval_pairs: int = option(128, ge=0)
+    eval_problems: int = option(100, ge=0)
+    warmdown_ratio: float = option(1.0, ge=0, le=1)
+    matrix_lr: float = option(0.002, ge=0)
+    embedding_lr: float = option(0.02, ge=0)
+    unembedding_lr: float = option(0.0004, ge=0)
+    scalar_lr: float = option(0.05, ge=0)
+    eval_every: int = option(50, ge=1)
+    checkpoint_every: int = option(50, ge=1)
+    sample_tokens: int = option(64, ge=0)
+    seed: int = option(0, ge=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nanochat.core.components import ComponentSpec, Preset
 from nanochat.core.hookspecs import hookimpl
 from nanochat_stages.options import (
+    DpoOptions,
     MidtrainOptions,
     PretrainOptions,
     RlOptions,
@@ -58,6 +59,16 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.rl_stage:RlStage",
             summary="on-policy RL (GRPO family) on a problems dataset, rewards from the dataset",
             options=RlOptions,
+            extra={"report_label": "RL"},
+            produces=("model", "chat"),
+        ),
+        ComponentSpec(
+            kind="stage",
+            name="dpo",
+            factory="nanochat_stages.dpo_stage:DpoStage",
+            summary="preference-tune the chat model (DPO) on preference pairs or on-policy pairs",
+            options=DpoOptions,
+            extra={"report_label": "DPO"},
             produces=("model", "chat"),
         ),
     ]

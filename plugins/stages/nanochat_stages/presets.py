@@ -10,11 +10,46 @@
 
 GPU times are estimates from the tokens each preset trains on and the throughput of the d20
 speedrun shape; the `tiny` figure is measured by the test suite on this project's 2-core CI.
+
+Each preset also carries its speedrun pipeline (``nanochat speedrun --preset NAME --print``):
+tokenizer, pretrain, eval:bpb, midtrain, eval:gsm8k, sft, eval:gsm8k, rl, eval:gsm8k; the GPU
+ones start with ``download-fineweb`` and evaluate/train on GSM8K, `tiny` on `arithmetic`.
 """
 
 from __future__ import annotations
 
 from nanochat.core.components import Preset
+
+# The speedrun: evaluations after pretraining (bits/byte) and after mid-training, SFT and RL
+# (problem accuracy); the GPU pipelines start by downloading FineWeb.
+CPU_PIPELINE = (
+    "tokenizer",
+    "pretrain",
+    "eval:bpb",
+    "midtrain",
+    "eval:gsm8k",
+    "sft",
+    "eval:gsm8k",
+    "rl",
+    "eval:gsm8k",
+)
+GPU_PIPELINE = ("download-fineweb", *CPU_PIPELINE)
+
+# Seconds per stage on 8 x H100 (for the speedrun's time-left estimate; the machine's own speed
+# rescales them as stages finish). Pretraining scales with params x tokens from d20's ~3 h.
+GPU_ESTIMATES: dict[str, dict[str, float]] = {
+    name: {
+        "download-fineweb": download,
+        "tokenizer": 180,
+        "pretrain": pretrain,
+        "eval:bpb": 120,
+        "midtrain": pretrain / 12,
+        "eval:gsm8k": 600,
+        "sft": pretrain / 20,
+        "rl": 3600,
+    }
+    for name, download, pretrain in (("d12", 300, 1300), ("d20", 900, 10800), ("d26", 1800, 41000))
+}
 
 _GPU_COMMON = {
     "tokenizer.dataset": "fineweb",
@@ -29,6 +64,9 @@ _GPU_COMMON = {
     "pretrain.sample_every": 2000,
     "pretrain.checkpoint_every": 1000,
     "pretrain.compile": True,
+    "eval-gsm8k.dataset": "gsm8k",
+    "rl.dataset": "gsm8k",
+    "dpo.dataset": "gsm8k",
 }
 
 
@@ -65,8 +103,12 @@ def presets() -> list[Preset]:
                 "sft.eval_every": 25,
                 "sft.eval_conversations": 128,
                 "sft.checkpoint_every": 25,
+                "eval-gsm8k.dataset": "arithmetic",
+                "eval-gsm8k.limit": 128,
+                "eval-gsm8k.max_new_tokens": 48,
                 # rl on `arithmetic`: short answers, a constant learning rate 3x the default
                 # with a short warmdown, samples at temperature 0.7, at most 9 minutes
+                "rl.dataset": "arithmetic",
                 "rl.prompts_per_step": 8,
                 "rl.samples": 8,
                 "rl.max_new_tokens": 96,
@@ -81,21 +123,61 @@ def presets() -> list[Preset]:
                 "rl.eval_every": 25,
                 "rl.eval_problems": 200,
                 "rl.checkpoint_every": 25,
+                "dpo.dataset": "arithmetic",
+                "dpo.prompts": 256,
+                "dpo.samples": 8,
+                "dpo.max_new_tokens": 48,
+                "dpo.device_batch_size": 8,
+                "dpo.epochs": 2.0,
+                "dpo.eval_problems": 128,
+                "dpo.eval_every": 1000,
+                "dpo.checkpoint_every": 10,
+            },
+            stages=CPU_PIPELINE,
+            estimates={
+                "tokenizer": 10,
+                "pretrain": 420,
+                "eval:bpb": 10,
+                "midtrain": 70,
+                "eval:gsm8k": 40,
+                "sft": 35,
+                "rl": 540,
             },
         ),
         Preset(
             "d12",
             "GPU: depth 12 on FineWeb-Edu (~185M params, ~1 h on 8 x H100)",
-            overrides={**_GPU_COMMON, "model.depth": 12, "pretrain.device_batch_size": 32},
+            overrides={
+                **_GPU_COMMON,
+                "model.depth": 12,
+                "pretrain.device_batch_size": 32,
+                "download-fineweb.num_shards": 80,
+            },
+            stages=GPU_PIPELINE,
+            estimates=GPU_ESTIMATES["d12"],
         ),
         Preset(
             "d20",
             "GPU: depth 20 on FineWeb-Edu, nanochat's $100 speedrun shape (~4 h on 8 x H100)",
-            overrides={**_GPU_COMMON, "model.depth": 20, "pretrain.device_batch_size": 32},
+            overrides={
+                **_GPU_COMMON,
+                "model.depth": 20,
+                "pretrain.device_batch_size": 32,
+                "download-fineweb.num_shards": 240,
+            },
+            stages=GPU_PIPELINE,
+            estimates=GPU_ESTIMATES["d20"],
         ),
         Preset(
             "d26",
             "GPU: depth 26 on FineWeb-Edu (~1.1B params, ~12 h on 8 x H100)",
-            overrides={**_GPU_COMMON, "model.depth": 26, "pretrain.device_batch_size": 16},
+            overrides={
+                **_GPU_COMMON,
+                "model.depth": 26,
+                "pretrain.device_batch_size": 16,
+                "download-fineweb.num_shards": 450,
+            },
+            stages=GPU_PIPELINE,
+            estimates=GPU_ESTIMATES["d26"],
         ),
     ]

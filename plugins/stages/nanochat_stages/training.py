@@ -179,6 +179,9 @@ class TrainingLoop:
         self.manager = CheckpointManager(
             ctx.stage_dir / "checkpoints", keep_last=max(1, options.keep_checkpoints)
         )
+        self.batch_unit = "tokens"  # what ``total_batch`` of :meth:`_plan` counts
+        self.extra_meta: dict[str, Any] = {}  # a subclass's additions to checkpoint metadata
+        self.step_stats: dict[str, float] = {}  # a subclass's per-step metrics (see _micro_steps)
 
     def _starting_point(self) -> tuple[Checkpoint | None, bool]:
         """The checkpoint to start from and whether it is this stage's own (a resume)."""
@@ -290,6 +293,7 @@ class TrainingLoop:
                     **self.model_record,
                     "stage": self.ctx.stage_name,
                     "tokens_seen": tokens_seen,
+                    **self.extra_meta,
                     **metrics,
                 },
                 optimizer_state={"optimizers": [opt.state_dict() for opt in self.optimizers]},
@@ -365,7 +369,7 @@ class TrainingLoop:
                 event="plan",
                 params=num_params,
                 steps=total_steps,
-                batch_tokens=total_batch,
+                **{f"batch_{self.batch_unit}": total_batch},
                 grad_accum=accum,
                 flops_per_token=flops_per_token,
                 peak_flops=peak,
@@ -415,6 +419,7 @@ class TrainingLoop:
                 "mfu": mfu,
                 "tokens": tokens_seen,
                 "loss_tokens_frac": loss_tokens / max(1, tokens),
+                **self.step_stats,
             }
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)

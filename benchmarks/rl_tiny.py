@@ -39,6 +39,8 @@ def main() -> int:
         return 2
     home = Path(tempfile.mkdtemp(prefix="nanochat-rl-tiny-"))
     shutil.copytree(source, home / "runs" / args.run, ignore=shutil.ignore_patterns("rl", ".lock"))
+    metrics = home / "runs" / args.run / "metrics.jsonl"
+    earlier = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
     extra = [x for o in args.option for x in ("-o", o)]
     command = ["run", "rl", "--preset", "tiny", "--run", args.run, *extra]
     started = time.perf_counter()
@@ -50,10 +52,7 @@ def main() -> int:
     )
     seconds = time.perf_counter() - started
     result = json.loads((home / "runs" / args.run / "rl" / "done.json").read_text())["result"]
-    records = [
-        json.loads(line)
-        for line in (home / "runs" / args.run / "metrics.jsonl").read_text().splitlines()
-    ]
+    records = [json.loads(line) for line in metrics.read_text().splitlines()[earlier:]]
     rewards = [r["reward"] for r in records if r.get("stage") == "rl" and "reward" in r]
     first, last = rewards[:10], rewards[-10:]
     n = int(result["eval_problems"])

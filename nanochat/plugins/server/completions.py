@@ -183,7 +183,7 @@ async def nanochat_chat(request: web.Request) -> web.StreamResponse:
             if item.finish is not None:
                 finish = item.finish
                 pending += _sse({"done": True, "finish_reason": item.finish})
-            if job.output.empty() or item.finish is not None:  # one write for what is ready
+            if pending and (job.output.empty() or item.finish is not None):  # one write
                 await response.write(bytes(pending))
                 pending.clear()
         assert response is not None
@@ -257,7 +257,7 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
             if item.finish is not None:
                 finish = item.finish
                 pending += chunk({}, OPENAI_FINISH.get(item.finish, item.finish))
-            if job.output.empty() or item.finish is not None:  # one write for what is ready
+            if pending and (job.output.empty() or item.finish is not None):  # one write
                 await response.write(bytes(pending))
                 pending.clear()
         assert response is not None

@@ -33,7 +33,7 @@ import torch
 from nanochat.core.checkpoint import Checkpoint
 from nanochat.core.data import DataError, Problem, take
 from nanochat.core.engine import SamplingParams
-from nanochat.core.errors import CheckpointError, StageError, UsageError
+from nanochat.core.errors import StageError, UsageError
 from nanochat.core.progress import Progress
 from nanochat_stages.dpo_data import (
     Pair,
@@ -48,8 +48,12 @@ from nanochat_stages.dpo_loss import dpo_terms
 from nanochat_stages.options import DpoOptions
 from nanochat_stages.policy import load_tools, pad_id, pad_sequences, sample_rollouts
 from nanochat_stages.policy import token_logprobs as _token_logprobs
-from nanochat_stages.resume_checks import corrupt_checkpoint_message
-from nanochat_stages.training import TrainingLoop, gather_objects, no_sync_unless
+from nanochat_stages.training import (
+    TrainingLoop,
+    chat_checkpoint,
+    gather_objects,
+    no_sync_unless,
+)
 
 PAIRS_FILE = "pairs.jsonl"
 SAMPLE_PROMPTS = 3  # greedy answers shown at the end
@@ -314,25 +318,9 @@ class DpoLoop(TrainingLoop):
 
     recipe: DpoRecipe
 
-    def _starting_point(self) -> tuple[Checkpoint | None, bool]:
-        """Its own newest checkpoint (a resume), else ``source``'s or the newest chat one."""
-        try:
-            own = self.manager.latest()
-        except CheckpointError as exc:
-            raise StageError(corrupt_checkpoint_message(self.manager, exc)) from None
-        if own is not None:
-            return own, True
-        name = self.ctx.stage_name
-        if self.o.source:
-            return self.ctx.choose_checkpoint(self.o.source, "chat"), False
-        try:
-            return self.ctx.choose_checkpoint(None, "chat"), False
-        except StageError:
-            raise StageError(
-                f"{name} continues from a chat model, but run {self.ctx.run_name!r} has none; "
-                f"run `sft` (or another chat stage) first, or choose one with -o {name}.source="
-                "STAGE"
-            ) from None
+    def _initial_checkpoint(self) -> Checkpoint | None:
+        """A fresh start continues from a chat model (``source``, else the newest)."""
+        return chat_checkpoint(self.ctx, self.o.source)
 
     def _build(self) -> None:
         self._batch()

@@ -37,11 +37,11 @@ from nanochat_stages.policy import (
     sample_rollouts,
     token_logprobs,
 )
-from nanochat_stages.resume_checks import corrupt_checkpoint_message
 from nanochat_stages.rl_objective import group_advantages, policy_loss
 from nanochat_stages.schedule import lr_multiplier
 from nanochat_stages.training import (
     TrainingLoop,
+    chat_checkpoint,
     check_loss,
     no_sync_unless,
     set_learning_rates,
@@ -115,22 +115,9 @@ class RlLoop(TrainingLoop):
 
     # --- where the weights come from ---------------------------------------------------------
 
-    def _starting_point(self) -> tuple[Checkpoint | None, bool]:
-        try:
-            own = self.manager.latest()
-        except CheckpointError as exc:
-            raise StageError(corrupt_checkpoint_message(self.manager, exc)) from None
-        if own is not None:
-            return own, True
-        if self.o.source:
-            return self.ctx.choose_checkpoint(self.o.source, "chat"), False
-        try:
-            return self.ctx.choose_checkpoint(None, "chat"), False
-        except StageError:
-            raise StageError(
-                f"rl continues from a chat model, but run {self.ctx.run_name!r} has none; run "
-                "`sft` (or another chat stage) first, or choose one with -o rl.source=STAGE"
-            ) from None
+    def _initial_checkpoint(self) -> Checkpoint | None:
+        """A fresh start continues from a chat model (``source``, else the newest)."""
+        return chat_checkpoint(self.ctx, self.o.source)
 
     def _build(self) -> None:
         super()._build()

@@ -191,17 +191,22 @@ class TrainingLoop:
             raise StageError(corrupt_checkpoint_message(self.manager, exc)) from None
         if own is not None:
             return own, True
+        return self._initial_checkpoint(), False
+
+    def _initial_checkpoint(self) -> Checkpoint | None:
+        """Where a fresh start begins: the newest checkpoint of the recipe's ``init_from``
+        stages, else nothing (from scratch)."""
         for stage in self.recipe.init_from:
             checkpoint = self.ctx.stage_checkpoints(stage).latest()
             if checkpoint is not None:
-                return checkpoint, False
+                return checkpoint
         if self.recipe.init_from:
             names = " or ".join(f"`{s}`" for s in self.recipe.init_from)
             raise StageError(
                 f"{self.ctx.stage_name} continues from {names}, but run "
                 f"{self.ctx.run_name!r} has no checkpoint of it; run that stage first"
             )
-        return None, False
+        return None
 
     def _build(self) -> None:
         o, rt, ctx = self.o, self.rt, self.ctx
@@ -457,3 +462,22 @@ class TrainingLoop:
             "seconds": round(time.perf_counter() - began, 2),
             "samples": samples,
         }
+
+
+def chat_checkpoint(ctx: Any, source: str) -> Checkpoint:
+    """The checkpoint a post-training stage (rl, dpo) starts from: stage ``source``'s newest (a
+    name or unique prefix), or the run's newest chat checkpoint when ``source`` is empty.
+
+    Raises:
+        StageError: the run has no chat model yet (the message says what to run).
+    """
+    if source:
+        return ctx.choose_checkpoint(source, "chat")
+    try:
+        return ctx.choose_checkpoint(None, "chat")
+    except StageError:
+        name = ctx.stage_name
+        raise StageError(
+            f"{name} continues from a chat model, but run {ctx.run_name!r} has none; run `sft` "
+            f"(or another chat stage) first, or choose one with -o {name}.source=STAGE"
+        ) from None

@@ -79,7 +79,7 @@ class SpeedrunProgress:
     def nanochat_metrics(self, run_name: str, record: dict[str, Any]) -> None:
         """Follow the run's stage events."""
         event, stage = record.get("event"), record.get("stage")
-        if run_name != self.run_name or self.position >= len(self.scopes) + 1:
+        if run_name != self.run_name:
             return
         count = len(self.scopes)
         if event in ("start", "skipped") and self.position < count:
@@ -90,7 +90,7 @@ class SpeedrunProgress:
             else:
                 self.stage_started = time.monotonic()
                 self.line(f"stage {self.position}/{count} {label}: running", True)
-        elif event == "end" and stage == self.scopes[self.position - 1]:
+        elif event == "end" and self.position and stage == self.scopes[self.position - 1]:
             took = time.monotonic() - self.stage_started
             self.spent += took
             self.expected += self.estimates[self.position - 1]

@@ -393,9 +393,9 @@ def test_api_key_busy_and_gone_servers_are_reported(webui_run, browser, tmp_path
     # The server is gone: sending says so, and keeps the message.
     page.fill("#input", "Hello?")
     page.press("#input", "Enter")
-    page.wait_for_function(
-        "document.querySelector('#notice .text').textContent.includes('Cannot reach the server')"
-    )
+    # A locator wait, not wait_for_function: the page's CSP forbids the eval that a string
+    # predicate needs once it has to poll.
+    page.locator("#notice .text", has_text="Cannot reach the server").wait_for()
     assert page.get_attribute("#notice", "data-kind") == "error"
     assert page.get_attribute("#status", "data-state") == "down"
     assert ui.texts("user")[-1] == "Hello?"

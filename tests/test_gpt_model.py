@@ -105,6 +105,25 @@ def test_kv_cache_matches_full_sequence(n_kv_head) -> None:
         model.forward_cached(idx[:, :1], cache)
 
 
+@pytest.mark.parametrize("n_kv_head", [None, 1])
+def test_inference_projection_follows_weight_updates(n_kv_head) -> None:
+    """Without autograd the q/k/v projections run as one stacked matrix; it equals the three
+    separate ones, and is rebuilt after an in-place update (an optimizer step) or a reload."""
+    model = make(depth=2, head_dim=32, n_kv_head=n_kv_head)
+    idx = torch.randint(0, 100, (2, 12))
+    for update in range(3):
+        with torch.no_grad():
+            fused = model(idx)
+        separate = model(idx).detach()  # grad enabled: the training path
+        torch.testing.assert_close(fused, separate, atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            if update == 0:
+                model.blocks[0].attn.c_k.weight.mul_(1.5)
+            else:
+                state = {k: v * 0.9 for k, v in model.state_dict().items()}
+                model.load_state_dict(state)
+
+
 def test_cache_rows_keep_their_own_positions() -> None:
     """Two prompts of different lengths decode together, each as if it were alone."""
     model = make(depth=2, head_dim=32, n_kv_head=1)

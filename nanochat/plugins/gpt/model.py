@@ -136,6 +136,8 @@ class CausalSelfAttention(nn.Module):
         self.c_k = nn.Linear(c, self.n_kv_head * self.head_dim, bias=False)
         self.c_v = nn.Linear(c, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(self.n_head * self.head_dim, c, bias=False)
+        self._fused_key: tuple[tuple[int, int, torch.dtype], ...] | None = None
+        self._fused = torch.empty(0)
 
     def forward(
         self,
@@ -145,11 +147,19 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         """Causal attention over ``x``; with ``cached``, also over what each cache row holds."""
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         cos, sin = cos_sin
-        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        if torch.is_grad_enabled():
+            q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+            k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+            v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+            q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        else:
+            # Inference: one projection and one rotary + norm for queries and keys together
+            # (a decode step is dominated by the number of operations, not their size).
+            qkv = F.linear(x, self._qkv_weight()).view(B, T, -1, self.head_dim)
+            qk = norm(apply_rotary(qkv[:, :, : self.n_head + self.n_kv_head], cos, sin))
+            q, k = qk[:, :, : self.n_head], qk[:, :, self.n_head :]
+            v = qkv[:, :, self.n_head + self.n_kv_head :]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         groups = self.n_head // self.n_kv_head
         gqa: dict[str, Any] = {}
@@ -171,6 +181,16 @@ class CausalSelfAttention(nn.Module):
             )
         y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.c_proj(y)
+
+    def _qkv_weight(self) -> torch.Tensor:
+        """``c_q``, ``c_k`` and ``c_v`` stacked into one matrix, rebuilt when any of them
+        changed (an optimizer step, ``load_state_dict``, a dtype or device move)."""
+        weights = (self.c_q.weight, self.c_k.weight, self.c_v.weight)
+        key = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
+        if self._fused_key != key:
+            self._fused = torch.cat([w.detach() for w in weights])
+            self._fused_key = key
+        return self._fused
 
 
 class MLP(nn.Module):

@@ -31,7 +31,7 @@ from nanochat_stages.dpo_data import (
     save_pairs,
 )
 from nanochat_stages.dpo_loss import dpo_terms
-from nanochat_stages.dpo_stage import pair_sums, sequence_logps
+from nanochat_stages.dpo_stage import _STATS, pair_sums, sequence_logps
 from nanochat_stages.policy import pad_sequences
 from safetensors.torch import load_file
 from test_conversation import AE, AS, BOS, OE, OS, PE, PS, UE, US, CharTokenizer, chars
@@ -185,6 +185,14 @@ def test_on_policy_pairs_need_a_correct_and_a_wrong_sample() -> None:
         (chars("f")[0], chars("e")[0]),
         (chars("h")[0], chars("g")[0]),
     ]
+    # one correct sample against several wrong ones, at most per_prompt of them
+    weak = problems_with([[rollout(c, 0.0) for c in "abc"] + [rollout("z", 1.0)]])
+    pairs = pairs_from_rollouts(weak, per_prompt=2)
+    assert [(p.chosen[0][6], p.rejected[0][6]) for p in pairs] == [
+        (chars("z")[0], chars("a")[0]),
+        (chars("z")[0], chars("b")[0]),
+    ]
+    assert len(pairs_from_rollouts(weak, per_prompt=8)) == 3
 
 
 def test_forced_tool_output_of_a_sample_carries_no_loss() -> None:
@@ -311,13 +319,28 @@ def test_step_zero_loss_is_log2_and_only_reply_positions_get_gradient(tiny_gpt) 
     loss_sum, stats = pair_sums(policy, reference, batch.inputs, batch.targets, beta=0.1)
     handle.remove()
     assert loss_sum.item() / 4 == pytest.approx(LOG2, abs=1e-6)
-    assert stats[1].item() == 0 and stats[2].item() == 0  # no pair won yet, zero margin
+    named = dict(zip(_STATS, stats.tolist(), strict=True))
+    assert named["reward_accuracy"] == 0 and named["reward_margin"] == 0  # no pair won yet
     loss_sum.backward()
     grad = captured["logits"].grad.abs().sum(dim=-1)  # (rows, T)
     carries = batch.targets >= 0
     assert grad[~carries].max().item() == 0.0  # prompt and padding positions: no gradient
     assert (grad[carries] > 0).all()  # every reply token: some gradient
     assert all(p.grad is None for p in reference.parameters())
+
+
+def test_nll_term_adds_the_chosen_replies_mean_negative_log_likelihood(tiny_gpt) -> None:
+    pairs = toy_pairs(3)
+    batch = pad_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], AE)
+    plain, stats = pair_sums(tiny_gpt, tiny_gpt, batch.inputs, batch.targets, beta=0.1)
+    mixed, _ = pair_sums(tiny_gpt, tiny_gpt, batch.inputs, batch.targets, 0.1, nll_coef=0.5)
+    logps = sequence_logps(tiny_gpt, batch.inputs, batch.targets)[:3]
+    lengths = torch.tensor([sum(p.chosen[1][1:]) for p in pairs], dtype=torch.float32)
+    nll = (-logps / lengths).sum().item()
+    assert nll > 0 and dict(zip(_STATS, stats.tolist(), strict=True))["chosen_nll"] == (
+        pytest.approx(nll, rel=1e-5)
+    )
+    assert mixed.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)
 
 
 # ---------------------------------------------------------------- the stage, end to end

@@ -105,8 +105,10 @@ def render_pair(
 def pairs_from_rollouts(results: Sequence[ProblemRollouts], per_prompt: int = 1) -> list[Pair]:
     """Pairs of a correct and a wrong completion of the same problem.
 
-    The ``i``-th correct sample (in sampling order) is paired with the ``i``-th wrong one, up
-    to ``per_prompt`` pairs per problem; a problem whose samples are all correct or all wrong
+    Pair ``i`` of a problem is its ``i``-th wrong sample (in sampling order) against its
+    ``i``-th correct one, the correct ones taken again in turn when there are fewer of them
+    (a weak model's one correct answer is contrasted with several of its mistakes); at most
+    ``per_prompt`` pairs per problem. A problem whose samples are all correct or all wrong
     gives none.
     """
     pairs: list[Pair] = []
@@ -115,7 +117,10 @@ def pairs_from_rollouts(results: Sequence[ProblemRollouts], per_prompt: int = 1)
             continue
         right = [r for r in item.rollouts if r.correct]
         wrong = [r for r in item.rollouts if r.reward <= 0.0]
-        for good, bad in list(zip(right, wrong, strict=False))[:per_prompt]:
+        if not right:
+            continue
+        chosen = [right[i % len(right)] for i in range(len(wrong))]
+        for good, bad in list(zip(chosen, wrong, strict=True))[:per_prompt]:
             meta = {
                 "index": item.index,
                 "chosen_reward": good.reward,

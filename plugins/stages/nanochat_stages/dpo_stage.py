@@ -56,6 +56,8 @@ SAMPLE_PROMPTS = 3  # greedy answers shown at the end
 GENERATION_CHUNK = 32  # prompts per engine call (only the progress bar depends on it)
 _STATS = (
     "loss",
+    "dpo_loss",
+    "chosen_nll",
     "reward_accuracy",
     "reward_margin",
     "chosen_reward",
@@ -71,10 +73,20 @@ def sequence_logps(model: Any, inputs: torch.Tensor, targets: torch.Tensor) -> t
 
 
 def pair_sums(
-    policy: Any, reference: Any, inputs: torch.Tensor, targets: torch.Tensor, beta: float
+    policy: Any,
+    reference: Any,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    beta: float,
+    nll_coef: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed DPO loss of a batch of ``rows`` pairs (``2 x rows`` rows, chosen first), and
-    the sums of its metrics in :data:`_STATS` order (detached)."""
+    """The summed loss of a batch of ``rows`` pairs (``2 x rows`` rows, chosen first) and the
+    sums of its metrics in :data:`_STATS` order (detached).
+
+    Each pair's loss is its DPO loss plus ``nll_coef`` times the chosen reply's mean negative
+    log-likelihood per token (the NLL term of iterative reasoning preference optimisation,
+    which keeps the correct answers likely while the margin grows; 0: plain DPO).
+    """
     rows = inputs.size(0) // 2
     with torch.no_grad():
         reference_logps = sequence_logps(reference, inputs, targets)
@@ -86,10 +98,15 @@ def pair_sums(
         reference_logps[rows:],
         beta,
     )
+    lengths = (targets[:rows] >= 0).sum(dim=1).clamp(min=1)
+    nll = -policy_logps[:rows] / lengths
+    losses = terms.losses + nll_coef * nll if nll_coef else terms.losses
     detached = policy_logps.detach()
     stats = torch.stack(
         [
+            losses.detach().sum(),
             terms.losses.detach().sum(),
+            nll.detach().sum(),
             terms.correct.sum(),
             terms.margins.sum(),
             terms.chosen_rewards.sum(),
@@ -98,7 +115,7 @@ def pair_sums(
             detached[rows:].sum(),
         ]
     )
-    return terms.losses.sum(), stats
+    return losses.sum(), stats
 
 
 def _means(sums: torch.Tensor, pairs: float) -> dict[str, float]:
@@ -263,7 +280,12 @@ class DpoRecipe:
                 batch = pad_sequences(sides, pad_id(loop.tokenizer)).to(rt.device)
                 with rt.autocast():
                     _, stats = pair_sums(
-                        loop.model, loop.reference, batch.inputs, batch.targets, self.o.beta
+                        loop.model,
+                        loop.reference,
+                        batch.inputs,
+                        batch.targets,
+                        self.o.beta,
+                        self.o.nll_coef,
                     )
                 sums[:-1] += stats
                 sums[-1] += len(pairs)
@@ -398,7 +420,7 @@ class DpoLoop(TrainingLoop):
             targets = targets.to(rt.device, non_blocking=True)
             with no_sync_unless(self.train_model, micro == accum - 1), rt.autocast():
                 loss_sum, stats = pair_sums(
-                    self.train_model, self.reference, inputs, targets, self.o.beta
+                    self.train_model, self.reference, inputs, targets, self.o.beta, self.o.nll_coef
                 )
                 (loss_sum / (rows * accum)).backward()
             sums[: len(_STATS)] += stats

@@ -56,6 +56,81 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+# A tiny chat run made of the test plugins (GRU model, byte tokenizer): tokenizer, 4 pretraining
+# steps and 2 SFT steps, about half a minute. Shared by the chat and server tests.
+CHAT_TRAIN = [
+    "run",
+    "tokenizer",
+    "pretrain",
+    "sft",
+    "--run",
+    "c",
+    "--model",
+    "gru",
+    "--tokenizer",
+    "bytes",
+    "-o",
+    "tokenizer.max_chars=20000",
+    "-o",
+    "tokenizer.eval_chars=2000",
+    "-o",
+    "model.sequence_len=64",
+    "-o",
+    "pretrain.max_steps=4",
+    "-o",
+    "pretrain.device_batch_size=4",
+    "-o",
+    "pretrain.eval_every=4",
+    "-o",
+    "pretrain.eval_tokens=256",
+    "-o",
+    "pretrain.sample_tokens=2",
+    "-o",
+    "sft.max_steps=2",
+    "-o",
+    "sft.device_batch_size=2",
+    "-o",
+    "sft.eval_conversations=2",
+    "-o",
+    "sft.overflow=truncate",
+    "-o",
+    "sft.sample_tokens=2",
+]
+
+
+@pytest.fixture(scope="session")
+def chat_run(
+    tmp_path_factory: pytest.TempPathFactory, plugin_sites: dict[str, Path]
+) -> tuple[Path, list[Path]]:
+    """The tiny chat run ``c`` (GRU model, byte tokenizer): its home and plugin sites."""
+    home = tmp_path_factory.mktemp("chat-home")
+    sites = [plugin_sites["gru"]]
+    result = run_cli(CHAT_TRAIN, home, sites)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return home, sites
+
+
+SERVER_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="session")
+def chat_server(chat_run):  # type: ignore[no-untyped-def]
+    """``nanochat serve`` on the tiny chat run: two CPU workers of 4 slots, a queue of 24, an
+    API key, a random free port of 127.0.0.1. Shared by the server tests; the pool tests kill a
+    worker and stop it, so they run last."""
+    from server_helpers import ServerProcess
+
+    home, sites = chat_run
+    args = ["--workers", "2", "--max-batch", "4", "--queue-size", "24", "--api-key", SERVER_KEY]
+    process = ServerProcess(
+        [*args, "-o", "shutdown_timeout_s=30"], home, sites, NANOCHAT_API_KEY="not-this-one"
+    )
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
 def cli_env(home: Path | None, sites: Sequence[Path] = (), **extra: str) -> dict[str, str]:
     """The environment of a ``nanochat`` subprocess with ``sites`` on its path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NANOCHAT_")}
@@ -205,6 +280,7 @@ ARITHMETIC_CHAT = [
     *("-o", "sft.mixture=arithmetic"),
     *("-o", "sft.val_mixture=arithmetic:0.1"),
     *("-o", "sft.max_steps=60"),
+    *("-o", "sft.warmdown_ratio=0.2"),  # greedy answers ~50% right, sampled ones ~10%
     *("-o", "sft.device_batch_size=8"),
     *("-o", "sft.eval_every=1000"),
     *("-o", "sft.eval_conversations=16"),

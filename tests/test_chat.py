@@ -4,60 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import REPO, cli_env, run_cli
 
 from nanochat.core.chat import readable
-
-TRAIN = [
-    "run",
-    "tokenizer",
-    "pretrain",
-    "sft",
-    "--run",
-    "c",
-    "--model",
-    "gru",
-    "--tokenizer",
-    "bytes",
-    "-o",
-    "tokenizer.max_chars=20000",
-    "-o",
-    "tokenizer.eval_chars=2000",
-    "-o",
-    "model.sequence_len=64",
-    "-o",
-    "pretrain.max_steps=4",
-    "-o",
-    "pretrain.device_batch_size=4",
-    "-o",
-    "pretrain.eval_every=4",
-    "-o",
-    "pretrain.eval_tokens=256",
-    "-o",
-    "pretrain.sample_tokens=2",
-    "-o",
-    "sft.max_steps=2",
-    "-o",
-    "sft.device_batch_size=2",
-    "-o",
-    "sft.eval_conversations=2",
-    "-o",
-    "sft.overflow=truncate",
-    "-o",
-    "sft.sample_tokens=2",
-]
-
-
-@pytest.fixture(scope="module")
-def chat_run(tmp_path_factory, plugin_sites) -> tuple[Path, list[Path]]:
-    home = tmp_path_factory.mktemp("chat-home")
-    sites = [plugin_sites["gru"]]
-    result = run_cli(TRAIN, home, sites)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return home, sites
 
 
 @pytest.mark.slow

@@ -93,6 +93,36 @@ def test_rows_admitted_into_freed_slots_decode_the_same(model, tokenizer) -> Non
         assert result.finish == FINISH_LENGTH
 
 
+def test_cancel_frees_the_rows_at_once_and_others_decode_the_same(model, tokenizer) -> None:
+    """A request cancelled mid-way (a client gone) frees its slots before the next step; one
+    cancelled while waiting never starts; the other rows decode as if nothing happened."""
+    engine = Engine(model, tokenizer, slots=3)
+    params = SamplingParams(max_tokens=10, stop_tokens=())
+    keep, drop, queued = (Request(p, params) for p in prompts(tokenizer)[:3])
+    many = Request(prompts(tokenizer)[3], params, samples=2)
+    for request in (keep, drop, many, queued):
+        engine.submit(request)
+    seen: dict[int, list[int]] = {}
+    for _ in range(3):
+        for event in engine.step():
+            seen.setdefault(id(event.request), []).append(int(event.token or 0))
+    assert engine.free_slots == 1 and engine.waiting == 2  # `many` needs two slots
+    dropped = len(seen[id(drop)])
+    assert engine.cancel(drop) and engine.free_slots == 2
+    assert not engine.cancel(drop)  # already gone
+    assert engine.cancel(queued) and engine.waiting == 1
+    while engine.busy:
+        for event in engine.step():
+            assert event.request not in (drop, queued)
+            seen.setdefault(id(event.request), []).append(int(event.token or 0))
+    assert len(seen[id(drop)]) == dropped and id(queued) not in seen
+    assert seen[id(keep)] == naive_greedy(model, keep.prompt, 10, ())
+    assert engine.free_slots == 3 and not engine.busy
+    engine.submit(many)
+    next(iter(engine.step()))
+    assert engine.cancel(many) and engine.free_slots == 3  # both samples' rows
+
+
 def sampled(engine: Engine, requests: list[Request]) -> list[list[int]]:
     return [[s.tokens for s in samples][0] for samples in engine.complete(requests)]
 

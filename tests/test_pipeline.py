@@ -7,7 +7,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from conftest import REPO, kill_when_checkpointed, run_cli, run_in_process
+from conftest import CHAT_TRAIN, REPO, kill_when_checkpointed, run_cli, run_in_process
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -119,38 +119,8 @@ def test_stage_errors_are_one_line(home: Path, plugin_sites, monkeypatch, capsys
         assert "Traceback" not in err
 
 
-GRU_SMALL = [
-    "--model",
-    "gru",
-    "--tokenizer",
-    "bytes",
-    "-o",
-    "tokenizer.max_chars=20000",
-    "-o",
-    "tokenizer.eval_chars=2000",
-    "-o",
-    "model.sequence_len=64",
-    "-o",
-    "pretrain.max_steps=2",
-    "-o",
-    "pretrain.device_batch_size=4",
-    "-o",
-    "pretrain.eval_tokens=256",
-    "-o",
-    "pretrain.sample_tokens=2",
-    "-o",
-    "sft.max_steps=2",
-    "-o",
-    "sft.device_batch_size=2",
-    "-o",
-    "sft.eval_conversations=2",
-    "-o",
-    "sft.overflow=truncate",
-    "-o",
-    "sft.sample_tokens=2",
-    "-o",
-    "eval-bpb.tokens=256",
-]
+# the shared tiny GRU run's options (model, tokenizer, stage options), plus the eval's
+GRU_SMALL = [*CHAT_TRAIN[CHAT_TRAIN.index("--model") :], "-o", "eval-bpb.tokens=256"]
 
 
 def test_an_eval_after_each_model_stage_scores_that_stage(home: Path, plugin_sites) -> None:

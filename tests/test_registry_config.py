@@ -173,3 +173,17 @@ class _LoggerPlugin:
             ComponentSpec("logger", "console", "builtins:dict", "", _NoOpts),
             ComponentSpec("logger", "jsonl", "builtins:dict", "", _NoOpts),
         ]
+
+
+def test_an_eval_twice_in_a_pipeline_gets_the_same_options(home) -> None:
+    registry = Registry.load()
+    plan = plan_run(
+        registry,
+        ["tokenizer", "pretrain", "eval:bpb", "sft", "eval:bpb"],
+        "twice",
+        preset="tiny",
+        overrides=["eval-bpb.tokens=4096"],
+        defaults={"model": "gpt", "tokenizer": "rustbpe"},
+    )
+    evals = [e for e in plan.stages if e.kind == "eval"]
+    assert [e.options.tokens for e in evals] == [4096, 4096]

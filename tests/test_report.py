@@ -65,9 +65,11 @@ def make_run(home: Path, finished_sft: bool = True) -> Path:
         {"time": 200.0, "stage": "sft", "event": "start", "index": 3, "count": 3},
         {"time": 205.0, "stage": "sft", "step": 0, "loss": 2.0, "tokens": 32},
         {"time": 1205.0, "stage": "sft", "event": "start", "index": 3, "count": 3},
+        {"time": 1205.5, "stage": "pretrain", "event": "skipped", "reason": "finished"},
         {"time": 1208.0, "stage": "sft", "step": 1, "loss": 1.5, "tokens": 64},
         {"time": 1210.0, "stage": "eval-gsm8k", "accuracy": 0.25, "stderr": 0.1, "pass@1": 0.25}
         | {"problems": 16, "scored": "sft/step_1"},
+        {"time": 113.5, "stage": "eval-bpb", "event": "end", "bpb": 2.1},
         # a standalone `nanochat eval bpb` later scored sft
         {"time": 1300.0, "stage": "eval-bpb", "bpb": 1.9, "tokens": 512, "scored": "sft/step_1"},
     ]
@@ -97,13 +99,15 @@ def test_summary_columns_rows_and_costs(tmp_path: Path) -> None:
     # an evaluator's result lands in the column of the stage it scored; newest wins
     assert rows["bpb"] == {"PRETRAIN": 2.1, "SFT": 1.9}
     assert "bpb tokens" not in rows  # counts are not rows
-    # a problems eval: accuracy with its standard error; a row equal to accuracy is dropped
+    # a problems eval: accuracy with its standard error
     assert rows["gsm8k accuracy (arithmetic)"] == {"SFT": 0.25}
     assert errors["gsm8k accuracy (arithmetic)"] == {"SFT": 0.1}
-    assert "gsm8k pass@1 (arithmetic)" not in rows
+    assert rows["gsm8k pass@1 (arithmetic)"] == {"SFT": 0.25}  # no registry: every metric
     by_scope = {s.scope: s for s in stages}
     assert by_scope["pretrain"].flops == 6000 * 640
     assert by_scope["sft"].seconds == pytest.approx(8.0)  # 5 s + 3 s, not the 1000 s gap
+    assert by_scope["pretrain"].seconds == 11.0  # a later run's "skipped" record adds nothing
+    assert by_scope["eval-bpb"].seconds == pytest.approx(1.5)  # not the standalone eval later
     assert by_scope["sft"].status == "finished"
 
 
@@ -124,7 +128,11 @@ def test_report_file_plots_and_labels(tmp_path: Path, home: Path, monkeypatch, c
     code, out, err = run_in_process(["report", "--run", "r"], [], monkeypatch, capsys)
     assert code == 0, err
     assert out.strip() == str(run / "report.md")
-    assert "| metric | BASE | SFT |" in (run / "report.md").read_text()
+    text = (run / "report.md").read_text()
+    assert "| metric | BASE | SFT |" in text
+    # the built-in gsm8k eval names its headline metric: pass@1 is not a row then
+    assert "| gsm8k accuracy (arithmetic) | — | 0.25 ± 0.1 |" in text
+    assert "pass@1" not in text
 
 
 def test_unfinished_run_and_missing_run(home: Path, monkeypatch, capsys) -> None:

@@ -127,23 +127,28 @@ def test_kl_and_clipping_are_measured_when_on(arithmetic_chat_home: Path, tmp_pa
     assert any(r["clip_frac"] > 0 for r in rows)
 
 
+# What makes this model learn in 30 steps: a constant learning rate three times the default with
+# a short warmdown, and samples at temperature 0.7 (greedy answers of this model are right half
+# the time but flip easily, so held-out pass@1 is measured at the training temperature too).
+LEARNS = [
+    *("-o", "rl.max_steps=30", "-o", "rl.prompts_per_step=8", "-o", "rl.eval_every=30"),
+    *("-o", "rl.eval_problems=128", "-o", "rl.temperature=0.7", "-o", "rl.eval_temperature=0.7"),
+    *("-o", "rl.matrix_lr=0.003", "-o", "rl.embedding_lr=0.03", "-o", "rl.unembedding_lr=0.0006"),
+    *("-o", "rl.warmdown_ratio=0.2"),
+]
+
+
 @pytest.mark.slow
 def test_rl_raises_the_reward(arithmetic_chat_home: Path, tmp_path: Path) -> None:
-    """On easy arithmetic the samples' mean reward and held-out pass@1 rise."""
+    """On easy arithmetic the samples' mean reward and held-out pass@1 rise (measured: reward
+    0.17 -> 0.31 from the first to the last 10 steps, pass@1 0.20 -> 0.28 on 128 problems)."""
     home = copy_run(arithmetic_chat_home, tmp_path)
-    rl(
-        home,
-        *("-o", "rl.max_steps=30", "-o", "rl.prompts_per_step=8", "-o", "rl.eval_every=30"),
-        *(
-            "-o",
-            "rl.eval_problems=64",
-        ),
-    )
+    rl(home, *LEARNS)
     rewards = [r["reward"] for r in steps(home)]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
     done = json.loads((home / "runs" / "a" / "rl" / "done.json").read_text())["result"]
-    assert last > first + 0.05, rewards
-    assert done["pass@1"] > done["base_pass@1"], done
+    assert last > first + 0.08, rewards
+    assert done["pass@1"] > done["base_pass@1"] + 0.05, done
 
 
 @pytest.mark.slow

@@ -70,8 +70,12 @@ def load_chat_model(
     source: str | None = None,
     device: str = "auto",
     defaults: Mapping[str, str] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> ChatModel:
     """Load the run's chat model, its tokenizer and every installed tool.
+
+    ``checkpoint`` pins the checkpoint (e.g. one chosen earlier by :func:`choose_checkpoint`,
+    so that several processes serve the same one); otherwise ``source`` chooses it.
 
     Raises:
         UsageError: the run does not exist.
@@ -85,7 +89,8 @@ def load_chat_model(
         raise UsageError(f"run {run_name!r} does not exist in {run_dir.parent}")
     plan = plan_run(registry, [], run_name, device=device, defaults=defaults, require_stages=False)
     ctx = RunContext(plan, registry, run_dir, None, Metrics(run_name, [], enabled=False))
-    checkpoint = choose_checkpoint(ctx, source)
+    if checkpoint is None:
+        checkpoint = choose_checkpoint(ctx, source)
     tokenizer = ctx.load_tokenizer()
     runtime = ctx.runtime
     model = ctx.load_model(checkpoint).to(runtime.device)

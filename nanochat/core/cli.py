@@ -368,77 +368,13 @@ def eval_command(
         click.echo(json.dumps(metrics, indent=2, default=str))
 
 
-@cli.command("chat", context_settings={"show_default": True})
-@single_option("--run", "run_name", default="default", help="Run whose model to talk to.")
-@single_option(
-    "--source",
-    default=None,
-    help="Stage whose newest checkpoint to use (a name or unique prefix, e.g. sft, mid); "
-    "default: the newest chat checkpoint.",
-)
-@click.option("-p", "--prompt", default=None, help="Answer this one message and exit.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.6)
-@click.option("--top-k", type=click.IntRange(min=0), default=50, help="0: off.")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0)
-@click.option("--seed", type=int, default=None, help="Sampling seed (default: random).")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=256)
-@click.option(
-    "--device", default="auto", type=click.Choice(["auto", "cuda", "mps", "cpu"]), help="Where."
-)
-def chat_command(
-    run_name: str,
-    source: str | None,
-    prompt: str | None,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    seed: int | None,
-    max_tokens: int,
-    device: str,
-) -> None:
-    """Chat with a run's newest chat model in the terminal (/clear forgets, /exit quits)."""
-    from nanochat.core.chat import ChatSession, load_chat_model
-    from nanochat.core.engine import SamplingParams
-
-    chat = load_chat_model(
-        registry_module.get_registry(), run_name, source, device, DEFAULT_COMPONENTS
-    )
-    params = SamplingParams(max_tokens, temperature, top_k or None, top_p, seed)
-    session = ChatSession(chat, params)
-
-    def answer(text: str) -> None:
-        for piece in session.reply(text):
-            click.echo(piece, nl=False)
-        click.echo()
-
-    if prompt is not None:
-        answer(prompt)
-        return
-    click.echo(f"nanochat: {run_name} ({chat.source}); /clear forgets, /exit quits", err=True)
-    while True:
-        try:
-            line = input("you> " if sys.stdin.isatty() else "")
-        except EOFError:
-            break
-        text = line.strip()
-        if text in ("/exit", "/quit"):
-            break
-        if text == "/clear":
-            session.clear()
-            click.echo("(conversation cleared)", err=True)
-            continue
-        if not text:
-            continue
-        click.echo("nanochat> ", nl=False)
-        answer(text)
-
-
 def _add_commands() -> None:
+    from nanochat.core.cli_models import chat_command, serve_command
     from nanochat.core.cli_report import report_command
     from nanochat.core.cli_speedrun import speedrun_command
 
-    cli.add_command(report_command)
-    cli.add_command(speedrun_command)
+    for command in (chat_command, serve_command, speedrun_command, report_command):
+        cli.add_command(command)
 
 
 _add_commands()

@@ -203,6 +203,21 @@ class Engine:
         self.check(request)
         self._waiting.append(request)
 
+    def cancel(self, request: Request) -> bool:
+        """Drop ``request`` at once: out of the waiting queue, or every row of it freed.
+
+        Nothing more is emitted for it; the freed slots take new requests at the next step.
+
+        Returns:
+            Whether the request was waiting or decoding here.
+        """
+        waiting = len(self._waiting)
+        self._waiting = deque(r for r in self._waiting if r is not request)
+        slots = [s for s, row in self._rows.items() if row.request is request]
+        for slot in slots:
+            del self._rows[slot]
+        return bool(slots) or len(self._waiting) < waiting
+
     @torch.no_grad()
     def _admit(self) -> list[Event]:
         """Prefill waiting requests into free slots (first come, first served)."""

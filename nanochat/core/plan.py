@@ -233,12 +233,12 @@ def plan_run(
             scoped.setdefault(name, []).append(slot)
         return slot
 
-    stage_slots = [
-        add_scope(
-            e.scope, e.options, ("eval:" if e.kind == "eval" else "") + e.resolved.qualified_name
-        )
-        for e in entries
-    ]
+    slot_of: dict[tuple[str, str], list[Any]] = {}  # an eval run twice has one set of options
+    for e in entries:
+        if (e.kind, e.resolved.qualified_name) not in slot_of:
+            alias = ("eval:" if e.kind == "eval" else "") + e.resolved.qualified_name
+            slot_of[(e.kind, e.resolved.qualified_name)] = add_scope(e.scope, e.options, alias)
+    stage_slots = [slot_of[(e.kind, e.resolved.qualified_name)] for e in entries]
     model_slot = add_scope("model", model_r.spec.options()) if model_r else [None]
     tok_slot = add_scope("tokenizer", tok_r.spec.options()) if tok_r else [None]
     logger_slots = [add_scope(r.spec.name, r.spec.options()) for r in logger_rs]

@@ -51,6 +51,7 @@ class StageReport:
     produces: list[str]
     status: str = "not started"
     options: dict[str, Any] = field(default_factory=dict)
+    headline: tuple[str, ...] = ()  # an evaluator's table rows (spec extra ``report_metrics``)
     seconds: float | None = None
     tokens: float | None = None
     params: float | None = None
@@ -83,37 +84,37 @@ def finite_number(value: Any) -> float | None:
 
 
 def _wall_seconds(records: list[dict[str, Any]]) -> float | None:
-    """Time between each ``start`` record and the stage's last record before the next start
-    (interrupted and resumed stages count only the time they ran)."""
+    """Seconds the stage ran: from each ``start`` record to its ``end`` record, or to its last
+    record when interrupted (a later run's ``skipped`` record and the gaps do not count)."""
     total, start, last = 0.0, None, None
     for record in records:
-        when = finite_number(record.get("time"))
+        when, event = finite_number(record.get("time")), record.get("event")
         if when is None:
             continue
-        if record.get("event") == "start":
-            if start is not None and last is not None:
-                total += last - start
+        if event in ("start", "skipped") and start is not None and last is not None:
+            total += last - start
+            start = None
+        if event == "start":
             start = when
-        last = when
-    if start is None or last is None:
-        return None
-    return total + last - start
+        if start is not None:
+            last = when
+        if event == "end" and start is not None:
+            total += when - start
+            start = None
+    if start is not None and last is not None:
+        total += last - start
+    return total if any(r.get("event") == "start" for r in records) else None
 
 
-def _labels(registry: Registry | None, stages: list[dict[str, Any]]) -> dict[str, str]:
-    labels = {}
-    for stage in stages:
-        scope = str(stage.get("scope") or stage.get("label"))
-        label = scope.upper()
-        if registry is not None:
-            kind, name = str(stage.get("kind", "stage")), str(stage.get("qualified_name", ""))
-            try:
-                spec = registry.resolve(kind, name).spec
-                label = str(spec.extra.get("report_label", label))
-            except Exception:  # noqa: BLE001 - an uninstalled plugin keeps the plain label
-                pass
-        labels[scope] = label
-    return labels
+def _spec_extras(registry: Registry | None, stage: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` of the stage's spec (``report_label``, ``report_metrics``), if installed."""
+    if registry is None:
+        return {}
+    kind, name = str(stage.get("kind", "stage")), str(stage.get("qualified_name", ""))
+    try:
+        return dict(registry.resolve(kind, name).spec.extra)
+    except Exception:  # noqa: BLE001 - an uninstalled plugin keeps the plain label
+        return {}
 
 
 def collect_stages(
@@ -122,16 +123,17 @@ def collect_stages(
     """One :class:`StageReport` per stage and evaluator of the run, in the run's order."""
     metrics = read_metrics(run_dir / "metrics.jsonl")
     stages = [s for s in record.get("stages", []) if isinstance(s, dict)]
-    labels = _labels(registry, stages)
     reports = []
     for stage in stages:
         scope = str(stage.get("scope") or stage.get("label"))
         rows = [r for r in metrics if r.get("stage") == scope]
+        extras = _spec_extras(registry, stage)
         report = StageReport(
             scope=scope,
             kind=str(stage.get("kind", "stage")),
             plugin=str(stage.get("qualified_name", "?")),
-            label=labels[scope],
+            label=str(extras.get("report_label", scope.upper())),
+            headline=tuple(extras.get("report_metrics", ())),
             produces=list(stage.get("produces", [])),
             records=rows,
             options=dict(stage.get("options") or {}),
@@ -183,7 +185,7 @@ def summary_table(
 
     A stage's own validation metrics go in its column; an evaluator's result goes in the column
     of the stage whose checkpoint it scored (the newest such result wins). Counts (problems,
-    tokens) and rows repeating another row of the same evaluator are left out.
+    tokens) are left out; an evaluator whose spec lists ``report_metrics`` gives only those.
     """
     by_scope = {s.scope: s for s in stages}
     columns = [s.label for s in stages if "model" in s.produces]
@@ -203,27 +205,19 @@ def summary_table(
                 put(row, stage.scope, finite_number(stage.result.get(key)))
             continue
         name = stage.scope.removeprefix("eval-")
-        mine: list[str] = []
         for record in stage.records:
             scored = record.get("scored")
             if not isinstance(scored, str):
                 continue
             for key, value in record.items():
-                if key in ("time", "stage", "scored", "event") or key in COUNT_KEYS:
+                skip = key in ("time", "stage", "scored", "event") or key.endswith("stderr")
+                if skip or key in COUNT_KEYS or (stage.headline and key not in stage.headline):
                     continue
-                if key.endswith("stderr"):
-                    continue
-                error = record.get(
-                    f"{key}_stderr", record.get("stderr") if key == "accuracy" else None
-                )
+                error = record.get(f"{key}_stderr")
+                if key == "accuracy":
+                    error = record.get("stderr", error)
                 row = _row_name(name, key, stage.options.get("dataset"))
                 put(row, scored.split("/")[0], finite_number(value), finite_number(error))
-                if row not in mine:
-                    mine.append(row)
-        for i, row in enumerate(mine):
-            if row in rows and any(rows.get(earlier) == rows[row] for earlier in mine[:i]):
-                del rows[row]
-                errors.pop(row, None)
     return columns, rows, errors
 
 

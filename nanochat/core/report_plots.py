@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nanochat.core.report import StageReport
 
-# (metric key, axis label) of each panel of each figure.
+# (metric key, axis label) of each panel of each figure; labels with "0 to 1" get that range.
 TRAINING = [("loss", "training loss (nats/token)")]
 VALIDATION = [("val_bpb", "validation bits/byte"), ("val_loss", "validation loss (nats/token)")]
-REWARDS = [("reward", "mean reward (0 to 1)"), ("pass@1", "held-out pass@1 (fraction)")]
+REWARDS = [("reward", "mean reward (0 to 1)"), ("pass@1", "held-out pass@1 (0 to 1)")]
 
 
 def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -45,6 +45,7 @@ def _figure(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     present = [
         (key, label)
@@ -63,7 +64,10 @@ def _figure(
                 color = colors[index % len(colors)]
                 ax.plot(steps, values, marker=marker, markersize=3, label=stage.scope, color=color)
         ax.set_xlabel("step (within the stage)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
+        if "0 to 1" in label:
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(title="stage")
     fig.suptitle(title)

@@ -1,5 +1,5 @@
-"""The plugin of the ``nanochat`` distribution: the built-in loggers, tokenizers, model and
-tools. It goes through the same entry-point door as any third-party plugin."""
+"""The plugin of the ``nanochat`` distribution: the built-in loggers, tokenizers, model, tools
+and chat server. It goes through the same entry-point door as any third-party plugin."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from nanochat.core.components import ComponentSpec
 from nanochat.core.hookspecs import hookimpl
 from nanochat.plugins.gpt.options import GPTOptions
 from nanochat.plugins.loggers.options import ConsoleOptions, JsonlOptions, WandbOptions
+from nanochat.plugins.server.options import ServerOptions
 from nanochat.plugins.tokenizers.options import TokenizerOptions
 from nanochat.plugins.tools.options import CalculatorOptions
 
@@ -84,5 +85,19 @@ def nanochat_register_tools() -> list[ComponentSpec]:
             factory="nanochat.plugins.tools.calculator:Calculator",
             summary="exact arithmetic (+ - * / **) and str.count, parsed without eval",
             options=CalculatorOptions,
+        ),
+    ]
+
+
+@hookimpl
+def nanochat_register_servers() -> list[ComponentSpec]:
+    """The aiohttp chat server: nanochat's streaming protocol, OpenAI's API, the web UI."""
+    return [
+        ComponentSpec(
+            kind="server",
+            name="aiohttp",
+            factory="nanochat.plugins.server.server:AiohttpServer",
+            summary="chat server: streaming + OpenAI API, continuous batching, worker pool, web UI",
+            options=ServerOptions,
         ),
     ]

@@ -17,6 +17,7 @@ def nanochat_register_evals() -> list[ComponentSpec]:
             factory="nanochat_evals.bpb:BitsPerByte",
             summary="bits per byte of the newest model on a text dataset's split",
             options=BpbOptions,
+            extra={"report_metrics": ("bpb",)},
         ),
         ComponentSpec(
             kind="eval",
@@ -24,5 +25,6 @@ def nanochat_register_evals() -> list[ComponentSpec]:
             factory="nanochat_evals.gsm8k:Gsm8kEval",
             summary="accuracy (pass@k) of a chat model on a problems dataset, calculator on",
             options=Gsm8kEvalOptions,
+            extra={"report_metrics": ("accuracy",)},
         ),
     ]

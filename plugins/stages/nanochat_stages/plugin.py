@@ -68,6 +68,7 @@ def nanochat_register_stages() -> list[ComponentSpec]:
             factory="nanochat_stages.dpo_stage:DpoStage",
             summary="preference-tune the chat model (DPO) on preference pairs or on-policy pairs",
             options=DpoOptions,
+            extra={"report_label": "DPO"},
             produces=("model", "chat"),
         ),
     ]

@@ -2,7 +2,7 @@
 
 * ``tiny``: 2 CPU cores; depth 3 (~2.9M params), context 256, vocab 4,096, on demo-text
   (offline); tokenizer + pretrain in a few minutes, then `midtrain` (30 packed steps) and `sft`
-  (50 padded steps) on the offline chat mixtures.
+  (50 padded steps) on the offline chat mixtures, and `rl` on `arithmetic` (at most 9 minutes).
 * ``d12``: 1-8 GPUs; depth 12 (~185M params), context 2,048, vocab 65,536, on FineWeb-Edu;
   ~3.7B tokens (20 x params), ~1 h on 8 x H100.
 * ``d20``: 8 x H100; depth 20 (~560M params); ~11B tokens, ~4 h (nanochat's $100 speedrun).
@@ -106,16 +106,23 @@ def presets() -> list[Preset]:
                 "eval-gsm8k.dataset": "arithmetic",
                 "eval-gsm8k.limit": 128,
                 "eval-gsm8k.max_new_tokens": 48,
+                # rl on `arithmetic`: short answers, a constant learning rate 3x the default
+                # with a short warmdown, samples at temperature 0.7, at most 9 minutes
                 "rl.dataset": "arithmetic",
-                "rl.max_steps": 24,
                 "rl.prompts_per_step": 8,
-                "rl.samples": 4,
-                "rl.max_new_tokens": 48,
+                "rl.samples": 8,
+                "rl.max_new_tokens": 96,
+                "rl.temperature": 0.7,
+                "rl.matrix_lr": 0.003,
+                "rl.embedding_lr": 0.03,
+                "rl.unembedding_lr": 0.0006,
+                "rl.warmdown_ratio": 0.2,
+                "rl.max_steps": 200,
+                "rl.time_budget_s": 540.0,
                 "rl.device_batch_size": 16,
-                "rl.sample_slots": 32,
-                "rl.eval_every": 8,
-                "rl.eval_problems": 64,
-                "rl.checkpoint_every": 8,
+                "rl.eval_every": 25,
+                "rl.eval_problems": 200,
+                "rl.checkpoint_every": 25,
                 "dpo.dataset": "arithmetic",
                 "dpo.prompts": 256,
                 "dpo.samples": 8,
@@ -134,7 +141,7 @@ def presets() -> list[Preset]:
                 "midtrain": 70,
                 "eval:gsm8k": 40,
                 "sft": 35,
-                "rl": 180,
+                "rl": 540,
             },
         ),
         Preset(

@@ -421,19 +421,22 @@ def offline_home(arithmetic_chat_home: Path, tmp_path_factory) -> Path:
 def test_dpo_starts_at_log2_and_learns_held_out_preferences(offline_home: Path) -> None:
     steps = step_records(offline_home)
     assert [r["step"] for r in steps] == list(range(12))
-    assert steps[0]["loss"] == pytest.approx(LOG2, abs=1e-5)  # policy == reference at step 0
+    # policy == reference at step 0: the DPO loss is log 2; the total adds the chosen NLL
+    assert steps[0]["dpo_loss"] == pytest.approx(LOG2, abs=1e-5)
+    assert steps[0]["loss"] == pytest.approx(LOG2 + steps[0]["chosen_nll"], abs=1e-5)
     assert steps[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
-    assert steps[-1]["loss"] < steps[0]["loss"] - 0.3
+    assert steps[-1]["dpo_loss"] < steps[0]["dpo_loss"] - 0.3
     for key in ("reward_accuracy", "chosen_logp", "rejected_logp", "chosen_reward"):
         assert key in steps[-1]
     result = done(offline_home)
     # the held-out pairs (never trained on) at the start: log 2, no pair won yet, and the
     # reference prefers the refusal to the chosen answer
-    assert result["base_val_loss"] == pytest.approx(LOG2, abs=1e-5)
+    assert result["base_val_dpo_loss"] == pytest.approx(LOG2, abs=1e-5)
     assert result["base_val_reward_accuracy"] == 0.0
     assert result["base_val_chosen_logp"] < result["base_val_rejected_logp"]
     assert result["val_reward_accuracy"] >= 0.9, result
-    assert result["val_loss"] < LOG2 - 0.3, result
+    assert result["val_dpo_loss"] < LOG2 - 0.3, result
+    assert result["val_loss"] < result["base_val_loss"]
     assert result["val_reward_margin"] > 1.0
     assert result["val_chosen_logp"] > result["base_val_chosen_logp"]
     assert result["val_rejected_logp"] < result["base_val_rejected_logp"]
@@ -490,7 +493,7 @@ def test_on_policy_pairs_are_saved_and_a_resume_reads_them_back(
     [event] = [r for r in dpo_records(home) if r.get("event") == "pairs"]
     saved = read_jsonl(home / "runs/a/dpo/pairs.jsonl")
     assert event["prompts"] == 16 and event["samples"] == 64
-    assert 0.2 < event["sample_accuracy"] < 0.8
+    assert 0.05 < event["sample_accuracy"] < 0.95  # both right and wrong samples
     assert len(saved) == event["pairs"] == event["prompts_with_both"] > 0
     assert len({r["index"] for r in saved}) == len(saved)  # one pair per prompt
     tokenizer = Registry.load().create("tokenizer", "rustbpe").load(home / "runs/a/tokenizer")
@@ -512,6 +515,23 @@ def test_on_policy_pairs_are_saved_and_a_resume_reads_them_back(
     assert not [r for r in new if r.get("event") == "pairs"]
     after = weights(home, 3)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_on_policy_dpo_raises_held_out_pass_at_1(arithmetic_chat_home: Path, tmp_path) -> None:
+    """Must-show 3 at test scale: pairs from 256 problems x 8 samples at temperature 0.7 (one
+    correct answer against up to 4 wrong ones), two epochs; greedy pass@1 on 256 held-out
+    problems rises (measured 0.516 -> 0.621; plain DPO, nll_coef=0, fell to 0.078)."""
+    home = copy_run(arithmetic_chat_home, tmp_path)
+    dpo(
+        home,
+        *("-o", "dpo.prompts=256", "-o", "dpo.samples=8", "-o", "dpo.temperature=0.7"),
+        *("-o", "dpo.pairs_per_prompt=4", "-o", "dpo.max_new_tokens=48"),
+        *("-o", "dpo.eval_problems=256", "-o", "dpo.epochs=2", "-o", "dpo.eval_every=1000"),
+    )
+    result = done(home)
+    assert result["eval_problems"] == 256
+    assert result["pass@1"] > result["base_pass@1"] + 0.03, result
 
 
 @pytest.mark.slow

@@ -212,6 +212,7 @@ class DpoRecipe:
                     o.seed,
                     tools,
                     runtime=rt,
+                    slots=o.sample_slots,
                 )
                 found = pairs_from_rollouts(results, o.pairs_per_prompt)
                 pairs += found
@@ -307,6 +308,7 @@ class DpoRecipe:
             0,
             load_tools(loop.ctx.registry),
             runtime=rt,
+            slots=o.sample_slots,
         )
         counts = torch.tensor(
             [sum(r.solved for r in results), len(results)], dtype=torch.float64, device=rt.device

@@ -30,8 +30,7 @@ from nanochat_stages.dpo_data import (
     render_pair,
     save_pairs,
 )
-from nanochat_stages.dpo_loss import dpo_terms
-from nanochat_stages.dpo_stage import _STATS, pair_sums, sequence_logps
+from nanochat_stages.dpo_loss import STATS, dpo_terms, pair_sums, sequence_logps
 from nanochat_stages.policy import pad_sequences
 from safetensors.torch import load_file
 from test_conversation import AE, AS, BOS, OE, OS, PE, PS, UE, US, CharTokenizer, chars
@@ -319,7 +318,7 @@ def test_step_zero_loss_is_log2_and_only_reply_positions_get_gradient(tiny_gpt) 
     loss_sum, stats = pair_sums(policy, reference, batch.inputs, batch.targets, beta=0.1)
     handle.remove()
     assert loss_sum.item() / 4 == pytest.approx(LOG2, abs=1e-6)
-    named = dict(zip(_STATS, stats.tolist(), strict=True))
+    named = dict(zip(STATS, stats.tolist(), strict=True))
     assert named["reward_accuracy"] == 0 and named["reward_margin"] == 0  # no pair won yet
     loss_sum.backward()
     grad = captured["logits"].grad.abs().sum(dim=-1)  # (rows, T)
@@ -337,7 +336,7 @@ def test_nll_term_adds_the_chosen_replies_mean_negative_log_likelihood(tiny_gpt)
     logps = sequence_logps(tiny_gpt, batch.inputs, batch.targets)[:3]
     lengths = torch.tensor([sum(p.chosen[1][1:]) for p in pairs], dtype=torch.float32)
     nll = (-logps / lengths).sum().item()
-    assert nll > 0 and dict(zip(_STATS, stats.tolist(), strict=True))["chosen_nll"] == (
+    assert nll > 0 and dict(zip(STATS, stats.tolist(), strict=True))["chosen_nll"] == (
         pytest.approx(nll, rel=1e-5)
     )
     assert mixed.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)

@@ -35,7 +35,8 @@ from nanochat.core.conversation import render_conversation, render_for_completio
 from nanochat.core.data import DataError, ListDataset, Message, Part, Preference
 from nanochat_stages.policy import ProblemRollouts, pad_sequences, rollout_sequence
 
-Sequence_ = tuple[list[int], list[int]]  # (ids, mask)
+IdsMask = tuple[list[int], list[int]]
+"""A token sequence and its loss mask, ``(ids, mask)``."""
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,14 @@ class Pair:
         meta: where the pair came from (problem index, rewards).
     """
 
-    chosen: Sequence_
-    rejected: Sequence_
+    chosen: IdsMask
+    rejected: IdsMask
     meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _reply_sequence(
     tokenizer: Any, prompt: list[Any], reply: Message, prompt_ids: list[int]
-) -> Sequence_:
+) -> IdsMask:
     rendered = render_conversation(tokenizer, [*prompt, reply])
     n = len(prompt_ids)
     if rendered.ids[:n] != prompt_ids:
@@ -63,7 +64,7 @@ def _reply_sequence(
     return list(rendered.ids), [0] * n + list(rendered.mask[n:])
 
 
-def _fit(sequence: Sequence_, max_tokens: int) -> Sequence_:
+def _fit(sequence: IdsMask, max_tokens: int) -> IdsMask:
     ids, mask = sequence
     return ids[:max_tokens], mask[:max_tokens]
 

@@ -280,7 +280,6 @@ ARITHMETIC_CHAT = [
     *("-o", "sft.mixture=arithmetic"),
     *("-o", "sft.val_mixture=arithmetic:0.1"),
     *("-o", "sft.max_steps=60"),
-    *("-o", "sft.warmdown_ratio=0.2"),  # greedy answers ~50% right, sampled ones ~10%
     *("-o", "sft.device_batch_size=8"),
     *("-o", "sft.eval_every=1000"),
     *("-o", "sft.eval_conversations=16"),

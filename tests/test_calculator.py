@@ -203,12 +203,13 @@ def test_options_change_the_bounds() -> None:
 
 
 def test_deep_nesting_with_a_long_input_allowed_stays_an_error_text() -> None:
-    wide = Calculator(CalculatorOptions(max_input_chars=1_000_000, max_depth=100))
+    # a deadline far beyond the check, so that a loaded machine cannot turn it into "took too long"
+    wide = Calculator(CalculatorOptions(max_input_chars=1_000_000, max_depth=100, timeout_s=10))
     text = "(" * 10_000 + "1" + ")" * 10_000
     start = time.perf_counter()
     out = wide.run(text)
     assert out.startswith("error: expression nested too deeply"), out
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 2.0  # bounded, with room for a loaded CI machine
     assert wide.run("(" * 99 + "1" + ")" * 99) == "1"
 
 
@@ -218,7 +219,7 @@ def test_deadline_stops_a_long_evaluation() -> None:
     start = time.perf_counter()
     out = slow.run(text)
     assert out == "error: took too long", out
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 2.0  # reading 60,000 terms included, on a loaded machine
 
 
 def test_run_never_raises_on_odd_input() -> None:

@@ -91,7 +91,9 @@ def test_mini_speedrun_survives_kill_and_ctrl_c_then_reports(home: Path) -> None
     finished = run_cli(["speedrun", *MINI], home)
     took = time.time() - started
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert took < 300, f"the miniature speedrun took {took:.0f} s"
+    # sized to finish in well under 5 minutes on a quiet 2-core machine (three process starts
+    # included); the bound leaves room for a loaded one
+    assert took < 600, f"the miniature speedrun took {took:.0f} s"
     # finished stages were not redone
     assert (run_dir / "tokenizer" / "done.json").stat().st_mtime_ns == tokenizer_done
     assert (run_dir / "pretrain" / "done.json").stat().st_mtime_ns == pretrain_done
@@ -103,7 +105,8 @@ def test_mini_speedrun_survives_kill_and_ctrl_c_then_reports(home: Path) -> None
     for stage in ("midtrain", "sft", "rl"):
         assert (run_dir / "eval-gsm8k" / f"done-{stage}.json").is_file()
     # the report: path on stdout, the card's columns and rows, valid plots
-    report = Path(finished.stdout.splitlines()[0].removeprefix("Report:").strip())
+    said = [line for line in finished.stdout.splitlines() if line.startswith("Report:")]
+    report = Path(said[0].removeprefix("Report:").strip())
     assert report == run_dir / "report.md"
     text = report.read_text()
     assert "| metric | BASE | MID | SFT | RL |" in text

@@ -182,6 +182,27 @@ def test_arithmetic_is_deterministic_and_correct(registry) -> None:
         open_dataset("arithmetic", registry, options=o.ArithmeticOptions(operations="^"))
 
 
+def test_arithmetic_bare_questions(registry) -> None:
+    """bare_fraction mixes in one-call questions ("What is 12 * 7?") with right answers; at 0
+    (the default) the problems are the word problems of earlier versions, unchanged."""
+    default = open_dataset("arithmetic", registry, options=o.ArithmeticOptions(train_size=3))
+    first = next(iter(default.load_split("train")))
+    assert first.prompt[0]["content"].startswith("Gus has 96 shells. Then Gus ends up with 4")
+    options = o.ArithmeticOptions(train_size=400, bare_fraction=0.5, max_value=50)
+    problems = open_dataset("arithmetic", registry, options=options).load_split("train")
+    bare = [p for p in problems if "has" not in p.prompt[0]["content"]]
+    assert 150 <= len(bare) <= 250
+    for problem in bare:
+        parts = problem.solution["content"]
+        assert [x["type"] for x in parts] == ["text", "python", "python_output", "text"]
+        assert int(eval(parts[1]["text"].replace("/", "//"))) == int(problem.answer)  # noqa: S307
+        assert int(problem.answer) >= 0 and parts[2]["text"] == problem.answer
+        assert problem.reward(parts[-1]["text"]) == 1.0
+    ops = {p.solution["content"][1]["text"].strip("0123456789") for p in bare}
+    assert ops == {"+", "-", "*", "/"}
+    assert any(p.prompt[0]["content"].startswith("What is") for p in bare)
+
+
 def test_problems_join_a_chat_mixture_as_conversations(registry, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # gsm8k from the bundled test split
     hub.hub_reachable.cache_clear()

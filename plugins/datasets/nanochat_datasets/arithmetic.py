@@ -1,5 +1,8 @@
 """``arithmetic``: synthetic multi-step word problems whose worked answers call the calculator.
 
+With ``bare_fraction`` > 0, that share of the problems are bare questions instead ("What is
+12 * 7?", "Compute 45 - 18."), answered with one calculator call.
+
 Problem ``i`` of a split is generated from its own seeded random generator, so the data is the
 same on every machine and any problem can be rebuilt alone. A tiny model can learn these on a
 CPU, which makes them the RL and SFT data of CPU-scale runs.
@@ -64,8 +67,46 @@ def _apply(value: int, step: Step) -> int:
     return value // step.operand
 
 
+# How a bare question is asked: (template, spoken name of each operation).
+BARE_TEMPLATES = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?")
+SPOKEN = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
+
+
+def make_bare_problem(rng: random.Random, options: ArithmeticOptions) -> Problem:
+    """A bare question on two numbers ("What is 12 * 7?") answered with one calculator call."""
+    op = rng.choice(options.operations)
+    a, b = rng.randint(1, options.max_value), rng.randint(1, options.max_value)
+    if op == "-" and b > a:
+        a, b = b, a
+    if op == "/":
+        b = rng.randint(2, 9)
+        a = b * rng.randint(1, max(1, options.max_value // b))
+    result = _apply(a, Step("", op, b))
+    if rng.random() < 0.25:
+        question = f"What is {a} {SPOKEN[op]} {b}?"
+    else:
+        question = rng.choice(BARE_TEMPLATES).format(a=a, op=op, b=b)
+    parts: list[Part] = [
+        text_part(f"{a} {op} {b} = "),
+        python_part(f"{a}{op}{b}"),
+        python_output_part(str(result)),
+        text_part(f"{result}.\n#### {result}"),
+    ]
+    return Problem(
+        prompt=[{"role": "user", "content": question}],
+        answer=str(result),
+        solution={"role": "assistant", "content": parts},
+        grader=gsm8k_reward,
+        meta={"steps": 1},
+    )
+
+
 def make_problem(rng: random.Random, options: ArithmeticOptions) -> Problem:
-    """One word problem with its worked answer (text, calculator call, output, ... ``#### N``)."""
+    """One problem with its worked answer (text, calculator call, output, ... ``#### N``): a
+    word problem, or with probability ``bare_fraction`` a bare question."""
+    # drawn only when asked for, so bare_fraction=0 keeps every problem of earlier versions
+    if options.bare_fraction > 0 and rng.random() < options.bare_fraction:
+        return make_bare_problem(rng, options)
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
     value = rng.randint(2, max(2, options.max_value))
     sentences = [f"{name} has {value} {thing}."]

@@ -123,6 +123,8 @@ class ArithmeticOptions:
         max_steps: most operations in a problem.
         max_value: largest starting number.
         operations: which of ``+-*/`` may appear.
+        bare_fraction: share of problems that are a bare question such as "What is 12 * 7?"
+            (one operation on two numbers up to ``max_value``) instead of a word problem.
         seed: generator seed (the iteration seed only shuffles).
     """
 
@@ -132,6 +134,7 @@ class ArithmeticOptions:
     max_steps: int = option(3, ge=1)
     max_value: int = option(100, ge=2)
     operations: str = "+-*/"
+    bare_fraction: float = option(0.0, ge=0, le=1)
     seed: int = option(1234, ge=0)
 
 

@@ -35,7 +35,8 @@ from nanochat.core.conversation import render_conversation, render_for_completio
 from nanochat.core.data import DataError, ListDataset, Message, Part, Preference
 from nanochat_stages.policy import ProblemRollouts, pad_sequences, rollout_sequence
 
-Sequence_ = tuple[list[int], list[int]]  # (ids, mask)
+IdsMask = tuple[list[int], list[int]]
+"""A token sequence and its loss mask, ``(ids, mask)``."""
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,14 @@ class Pair:
         meta: where the pair came from (problem index, rewards).
     """
 
-    chosen: Sequence_
-    rejected: Sequence_
+    chosen: IdsMask
+    rejected: IdsMask
     meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _reply_sequence(
     tokenizer: Any, prompt: list[Any], reply: Message, prompt_ids: list[int]
-) -> Sequence_:
+) -> IdsMask:
     rendered = render_conversation(tokenizer, [*prompt, reply])
     n = len(prompt_ids)
     if rendered.ids[:n] != prompt_ids:
@@ -63,7 +64,7 @@ def _reply_sequence(
     return list(rendered.ids), [0] * n + list(rendered.mask[n:])
 
 
-def _fit(sequence: Sequence_, max_tokens: int) -> Sequence_:
+def _fit(sequence: IdsMask, max_tokens: int) -> IdsMask:
     ids, mask = sequence
     return ids[:max_tokens], mask[:max_tokens]
 
@@ -105,8 +106,10 @@ def render_pair(
 def pairs_from_rollouts(results: Sequence[ProblemRollouts], per_prompt: int = 1) -> list[Pair]:
     """Pairs of a correct and a wrong completion of the same problem.
 
-    The ``i``-th correct sample (in sampling order) is paired with the ``i``-th wrong one, up
-    to ``per_prompt`` pairs per problem; a problem whose samples are all correct or all wrong
+    Pair ``i`` of a problem is its ``i``-th wrong sample (in sampling order) against its
+    ``i``-th correct one, the correct ones taken again in turn when there are fewer of them
+    (a weak model's one correct answer is contrasted with several of its mistakes); at most
+    ``per_prompt`` pairs per problem. A problem whose samples are all correct or all wrong
     gives none.
     """
     pairs: list[Pair] = []
@@ -115,7 +118,10 @@ def pairs_from_rollouts(results: Sequence[ProblemRollouts], per_prompt: int = 1)
             continue
         right = [r for r in item.rollouts if r.correct]
         wrong = [r for r in item.rollouts if r.reward <= 0.0]
-        for good, bad in list(zip(right, wrong, strict=False))[:per_prompt]:
+        if not right:
+            continue
+        chosen = [right[i % len(right)] for i in range(len(wrong))]
+        for good, bad in list(zip(chosen, wrong, strict=True))[:per_prompt]:
             meta = {
                 "index": item.index,
                 "chosen_reward": good.reward,

@@ -12,14 +12,21 @@ engine forced in, and padding carry none). With the policy equal to the referenc
 is 0 and the loss is ``log 2``; the gradient with respect to ``log pi(y_w | x)`` is
 ``-beta * sigmoid(r_l - r_w)`` (and the opposite for ``y_l``), which vanishes once the chosen
 reply wins by a wide margin.
+
+:func:`pair_sums` computes those log-probabilities for a batch of pairs with a policy and a
+reference model (through the model contract only) and adds the optional NLL term of the
+chosen replies.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from nanochat_stages.policy import token_logprobs
 
 
 @dataclass
@@ -77,3 +84,73 @@ def dpo_terms(
     rejected = beta * (_wide(policy_rejected) - _wide(reference_rejected.detach()))
     losses = -F.logsigmoid(chosen - rejected)
     return DpoTerms(losses, chosen.detach(), rejected.detach())
+
+
+#: The per-pair metrics :func:`pair_sums` sums, in order.
+STATS = (
+    "loss",
+    "dpo_loss",
+    "chosen_nll",
+    "reward_accuracy",
+    "reward_margin",
+    "chosen_reward",
+    "rejected_reward",
+    "chosen_logp",
+    "rejected_logp",
+)
+
+
+def sequence_logps(model: Any, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each row's summed log-probability of its loss-carrying targets, ``(rows,)`` fp32."""
+    return token_logprobs(model, inputs, targets).sum(dim=1)
+
+
+def pair_sums(
+    policy: Any,
+    reference: Any,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    beta: float,
+    nll_coef: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed loss of a batch of ``rows`` pairs (``2 x rows`` rows, chosen first) and the
+    sums of its metrics in :data:`STATS` order (detached).
+
+    Each pair's loss is its DPO loss plus ``nll_coef`` times the chosen reply's mean negative
+    log-likelihood per token (the NLL term of iterative reasoning preference optimisation,
+    which keeps the correct answers likely while the margin grows; 0: plain DPO).
+    """
+    rows = inputs.size(0) // 2
+    with torch.no_grad():
+        reference_logps = sequence_logps(reference, inputs, targets)
+    policy_logps = sequence_logps(policy, inputs, targets)
+    terms = dpo_terms(
+        policy_logps[:rows],
+        policy_logps[rows:],
+        reference_logps[:rows],
+        reference_logps[rows:],
+        beta,
+    )
+    lengths = (targets[:rows] >= 0).sum(dim=1).clamp(min=1)
+    nll = -policy_logps[:rows] / lengths
+    losses = terms.losses + nll_coef * nll if nll_coef else terms.losses
+    detached = policy_logps.detach()
+    stats = torch.stack(
+        [
+            losses.detach().sum(),
+            terms.losses.detach().sum(),
+            nll.detach().sum(),
+            terms.correct.sum(),
+            terms.margins.sum(),
+            terms.chosen_rewards.sum(),
+            terms.rejected_rewards.sum(),
+            detached[:rows].sum(),
+            detached[rows:].sum(),
+        ]
+    )
+    return losses.sum(), stats
+
+
+def stat_means(sums: torch.Tensor, pairs: float) -> dict[str, float]:
+    """Each of :data:`STATS` summed over ``pairs`` pairs, as a mean per pair."""
+    return {k: float(v) / max(1.0, pairs) for k, v in zip(STATS, sums.tolist(), strict=True)}

@@ -5,8 +5,9 @@ checkpoint, frozen, is the reference, and the checkpoints of `dpo` record which 
 a resume compares against the same reference. Each micro-batch holds ``device_batch_size``
 pairs as ``2 x device_batch_size`` padded rows (chosen, then rejected); one forward of the
 policy and one without gradient of the reference give each reply's summed log-probability over
-its own tokens, and :func:`~nanochat_stages.dpo_loss.dpo_terms` the loss (the mean over the
-pairs of the optimizer step, over all ranks).
+its own tokens, and :func:`~nanochat_stages.dpo_loss.dpo_terms` the DPO loss; each pair adds
+``nll_coef`` times the chosen reply's mean negative log-likelihood per token (see
+:func:`pair_sums`). The step's loss is the mean over its pairs, over all ranks.
 
 The pairs come from a ``preferences`` dataset, or on-policy from a ``problems`` dataset (see
 :mod:`nanochat_stages.dpo_data`); the on-policy pairs are sampled once, before the first step,
@@ -15,9 +16,10 @@ which a resume reads back. Everything else - optimizers, schedule, DDP, checkpoi
 every rank's data position and the RNG, exact resume - is the shared
 :class:`~nanochat_stages.training.TrainingLoop`.
 
-Metrics per step: ``loss``, ``reward_accuracy`` (share of pairs whose chosen reply has the
-higher implicit reward), ``reward_margin``, ``chosen_reward``/``rejected_reward`` and the
-policy's ``chosen_logp``/``rejected_logp`` (per pair, summed over the reply). Validation: the
+Metrics per step: ``loss`` (= ``dpo_loss`` + ``nll_coef`` x ``chosen_nll``),
+``reward_accuracy`` (share of pairs whose chosen reply has the higher implicit reward),
+``reward_margin``, ``chosen_reward``/``rejected_reward`` and the policy's
+``chosen_logp``/``rejected_logp`` (per pair, summed over the reply). Validation: the
 same on held-out pairs of a preferences dataset, and greedy pass@1 on held-out problems of a
 problems dataset (``base_`` values are the starting model's).
 """
@@ -44,10 +46,9 @@ from nanochat_stages.dpo_data import (
     render_pair,
     save_pairs,
 )
-from nanochat_stages.dpo_loss import dpo_terms
+from nanochat_stages.dpo_loss import STATS, pair_sums, stat_means
 from nanochat_stages.options import DpoOptions
 from nanochat_stages.policy import load_tools, pad_id, pad_sequences, sample_rollouts
-from nanochat_stages.policy import token_logprobs as _token_logprobs
 from nanochat_stages.training import (
     TrainingLoop,
     chat_checkpoint,
@@ -58,55 +59,6 @@ from nanochat_stages.training import (
 PAIRS_FILE = "pairs.jsonl"
 SAMPLE_PROMPTS = 3  # greedy answers shown at the end
 GENERATION_CHUNK = 32  # prompts per engine call (only the progress bar depends on it)
-_STATS = (
-    "loss",
-    "reward_accuracy",
-    "reward_margin",
-    "chosen_reward",
-    "rejected_reward",
-    "chosen_logp",
-    "rejected_logp",
-)
-
-
-def sequence_logps(model: Any, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Each row's summed log-probability of its loss-carrying targets, ``(rows,)`` fp32."""
-    return _token_logprobs(model, inputs, targets).sum(dim=1)
-
-
-def pair_sums(
-    policy: Any, reference: Any, inputs: torch.Tensor, targets: torch.Tensor, beta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed DPO loss of a batch of ``rows`` pairs (``2 x rows`` rows, chosen first), and
-    the sums of its metrics in :data:`_STATS` order (detached)."""
-    rows = inputs.size(0) // 2
-    with torch.no_grad():
-        reference_logps = sequence_logps(reference, inputs, targets)
-    policy_logps = sequence_logps(policy, inputs, targets)
-    terms = dpo_terms(
-        policy_logps[:rows],
-        policy_logps[rows:],
-        reference_logps[:rows],
-        reference_logps[rows:],
-        beta,
-    )
-    detached = policy_logps.detach()
-    stats = torch.stack(
-        [
-            terms.losses.detach().sum(),
-            terms.correct.sum(),
-            terms.margins.sum(),
-            terms.chosen_rewards.sum(),
-            terms.rejected_rewards.sum(),
-            detached[:rows].sum(),
-            detached[rows:].sum(),
-        ]
-    )
-    return terms.losses.sum(), stats
-
-
-def _means(sums: torch.Tensor, pairs: float) -> dict[str, float]:
-    return {k: float(v) / max(1.0, pairs) for k, v in zip(_STATS, sums.tolist(), strict=True)}
 
 
 class DpoRecipe:
@@ -114,7 +66,7 @@ class DpoRecipe:
 
     def __init__(self, options: DpoOptions):
         self.o = options
-        self.init_from: tuple[str, ...] = ()  # see DpoLoop._starting_point
+        self.init_from: tuple[str, ...] = ()  # the start is DpoLoop._initial_checkpoint
         self.eval_at_start = True
         self.val_pairs: list[Pair] = []
         self.eval_set: list[tuple[int, Problem]] = []
@@ -199,6 +151,7 @@ class DpoRecipe:
                     o.seed,
                     tools,
                     runtime=rt,
+                    slots=o.sample_slots,
                 )
                 found = pairs_from_rollouts(results, o.pairs_per_prompt)
                 pairs += found
@@ -259,7 +212,7 @@ class DpoRecipe:
         """DPO metrics on held-out pairs and greedy pass@1 on held-out problems."""
         rt, out = loop.rt, {}
         if self.val_pairs:
-            sums = torch.zeros(len(_STATS) + 1, device=rt.device)
+            sums = torch.zeros(len(STATS) + 1, device=rt.device)
             rows = self.o.device_batch_size
             for i in range(0, len(self.val_pairs), rows):
                 pairs = self.val_pairs[i : i + rows]
@@ -267,12 +220,17 @@ class DpoRecipe:
                 batch = pad_sequences(sides, pad_id(loop.tokenizer)).to(rt.device)
                 with rt.autocast():
                     _, stats = pair_sums(
-                        loop.model, loop.reference, batch.inputs, batch.targets, self.o.beta
+                        loop.model,
+                        loop.reference,
+                        batch.inputs,
+                        batch.targets,
+                        self.o.beta,
+                        self.o.nll_coef,
                     )
                 sums[:-1] += stats
                 sums[-1] += len(pairs)
             rt.all_reduce_sum(sums)
-            out.update({f"val_{k}": v for k, v in _means(sums[:-1], sums[-1].item()).items()})
+            out.update({f"val_{k}": v for k, v in stat_means(sums[:-1], sums[-1].item()).items()})
         if self.eval_set:
             out.update(self._pass_at_1(loop))
         return out
@@ -289,6 +247,7 @@ class DpoRecipe:
             0,
             load_tools(loop.ctx.registry),
             runtime=rt,
+            slots=o.sample_slots,
         )
         counts = torch.tensor(
             [sum(r.solved for r in results), len(results)], dtype=torch.float64, device=rt.device
@@ -379,23 +338,23 @@ class DpoLoop(TrainingLoop):
         """DPO forward/backward over ``accum`` micro-batches: ``(mean loss, tokens, loss
         tokens)``; the step's mean metrics land in :attr:`step_stats`."""
         rt, rows = self.rt, self.o.device_batch_size
-        sums = torch.zeros(len(_STATS) + 3, device=rt.device)
+        sums = torch.zeros(len(STATS) + 3, device=rt.device)
         for micro in range(accum):
             inputs, targets = self.source.next_batch()
             inputs = inputs.to(rt.device, non_blocking=True)
             targets = targets.to(rt.device, non_blocking=True)
             with no_sync_unless(self.train_model, micro == accum - 1), rt.autocast():
                 loss_sum, stats = pair_sums(
-                    self.train_model, self.reference, inputs, targets, self.o.beta
+                    self.train_model, self.reference, inputs, targets, self.o.beta, self.o.nll_coef
                 )
                 (loss_sum / (rows * accum)).backward()
-            sums[: len(_STATS)] += stats
+            sums[: len(STATS)] += stats
             sums[-3] += rows
             sums[-2] += targets.numel()
             sums[-1] += (targets >= 0).sum()
         rt.all_reduce_sum(sums)
         pairs, tokens, loss_tokens = (float(v) for v in sums[-3:].tolist())
-        means = _means(sums[: len(_STATS)], pairs)
+        means = stat_means(sums[: len(STATS)], pairs)
         loss = means.pop("loss")
         self.step_stats = means
         return loss, int(tokens), int(loss_tokens)

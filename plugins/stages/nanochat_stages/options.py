@@ -264,6 +264,10 @@ class DpoOptions(TrainingOptions):
             newest chat checkpoint of the run.
         dataset: a ``preferences`` dataset, or a ``problems`` dataset for on-policy pairs.
         beta: strength of the implicit KL constraint to the reference.
+        nll_coef: weight of the chosen reply's mean negative log-likelihood per token added to
+            each pair's loss (as in iterative reasoning preference optimisation: without it
+            the chosen answers lose likelihood too and a small model's accuracy collapses);
+            0: plain DPO.
         device_batch_size: pairs per forward pass per process (each pair is two rows).
         total_batch_tokens: unused: dpo counts its batch in pairs (total_batch_pairs); keep 0.
         total_batch_pairs: pairs per optimizer step over all ranks (a multiple of
@@ -275,7 +279,9 @@ class DpoOptions(TrainingOptions):
         temperature: on-policy: sampling temperature.
         top_k: on-policy: sample from the k most likely ids (0: all).
         max_new_tokens: on-policy: tokens per completion at most.
-        pairs_per_prompt: on-policy: pairs per problem at most (correct i with wrong i).
+        sample_slots: sequences decoded at once per process (on-policy samples, pass@1).
+        pairs_per_prompt: on-policy: pairs per problem at most (wrong sample i against correct
+            sample i, the correct ones reused in turn when fewer).
         eval_pairs: held-out pairs (val split of a preferences dataset) per validation.
         eval_problems: held-out problems (val split of a problems dataset) for greedy pass@1.
         warmdown_ratio: linear decay to final_lr_frac (0) over this share of the stage.
@@ -292,6 +298,7 @@ class DpoOptions(TrainingOptions):
     source: str = ""
     dataset: str = "arithmetic"
     beta: float = option(0.1, gt=0)
+    nll_coef: float = option(1.0, ge=0)
     device_batch_size: int = option(4, ge=1, le=65536)
     total_batch_tokens: int = option(0, ge=0)
     total_batch_pairs: int = option(0, ge=0)
@@ -302,6 +309,7 @@ class DpoOptions(TrainingOptions):
     temperature: float = option(1.0, gt=0)
     top_k: int = option(0, ge=0)
     max_new_tokens: int = option(128, ge=1)
+    sample_slots: int = option(64, ge=1, le=65536)
     pairs_per_prompt: int = option(1, ge=1)
     eval_pairs: int = option(128, ge=0)
     eval_problems: int = option(100, ge=0)

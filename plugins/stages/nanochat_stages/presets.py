@@ -123,15 +123,19 @@ def presets() -> list[Preset]:
                 "rl.eval_every": 25,
                 "rl.eval_problems": 200,
                 "rl.checkpoint_every": 25,
+                # dpo on `arithmetic`: 512 problems x 8 samples at temperature 0.7, one correct
+                # answer against up to 4 wrong ones, greedy pass@1 on the whole val split
                 "dpo.dataset": "arithmetic",
-                "dpo.prompts": 256,
+                "dpo.prompts": 512,
                 "dpo.samples": 8,
-                "dpo.max_new_tokens": 48,
+                "dpo.temperature": 0.7,
+                "dpo.pairs_per_prompt": 4,
+                "dpo.max_new_tokens": 96,
                 "dpo.device_batch_size": 8,
                 "dpo.epochs": 2.0,
-                "dpo.eval_problems": 128,
+                "dpo.eval_problems": 500,
                 "dpo.eval_every": 1000,
-                "dpo.checkpoint_every": 10,
+                "dpo.checkpoint_every": 20,
             },
             stages=CPU_PIPELINE,
             estimates={

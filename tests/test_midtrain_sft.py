@@ -76,6 +76,19 @@ def test_tiny_preset_sets_chat_stages() -> None:
         assert key in tiny.overrides
 
 
+def test_a_preset_sets_dataset_options() -> None:
+    """The tiny preset's `arithmetic.*` options reach the run's dataset options (a preset's
+    dataset scopes were once dropped silently); a command-line override still wins."""
+    from nanochat.core.plan import plan_run
+    from nanochat.core.registry import Registry
+
+    registry = Registry.load()
+    plan = plan_run(registry, ["sft"], "r", preset="tiny")
+    assert plan.dataset_options["nanochat-datasets/arithmetic"].bare_fraction == 0.25
+    plan = plan_run(registry, ["sft"], "r", preset="tiny", overrides=["arithmetic.bare_fraction=0"])
+    assert plan.dataset_options["nanochat-datasets/arithmetic"].bare_fraction == 0.0
+
+
 # ---------------------------------------------------------------- batches
 
 

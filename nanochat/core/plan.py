@@ -247,9 +247,14 @@ def plan_run(
     all_overrides = merge_overrides(inherited, list(overrides))
     triples: list[tuple[str, str, Any]] = []
     if preset_obj:
+        # A preset sets options of components this run may not use; those are left out. Dataset
+        # scopes count as used: whichever stage reads that dataset takes them.
+        datasets = {
+            n for d in registry.components("dataset") for n in (d.spec.name, d.qualified_name)
+        }
         for target, value in preset_obj.overrides.items():
             scope, _, key = target.partition(".")
-            if scope in scoped:
+            if scope in scoped or scope in datasets:
                 triples.append((scope, key, value))
     triples += [cfg.parse_override(text) for text in inherited] + parsed_new
     # Options of stages that are not in this run are still checked, then left unused, so one

@@ -143,3 +143,19 @@ def test_unfinished_run_and_missing_run(home: Path, monkeypatch, capsys) -> None
     code, _, err = run_in_process(["report", "--run", "nope"], [], monkeypatch, capsys)
     assert code != 0
     assert err.startswith("Error: run 'nope' does not exist")
+
+
+def test_policy_stages_stay_out_of_the_loss_plot_and_noisy_curves_are_averaged() -> None:
+    """RL/DPO losses are policy objectives, not nats/token: the loss figure leaves them out (and
+    is not drawn when only they report a loss); the moving average is a plain trailing mean."""
+    from nanochat.core.report import StageReport
+    from nanochat.core.report_plots import _curve, moving_average
+
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    rl = StageReport("rl", "stage", "nanochat-stages", "RL", ["chat"])
+    rl.records = [{"step": i, "loss": 0.01, "reward": 0.5} for i in range(3)]
+    sft = StageReport("sft", "stage", "nanochat-stages", "SFT", ["chat"])
+    sft.records = [{"step": i, "loss": 2.0 - i} for i in range(3)]
+    assert _curve(rl, "loss") == ([], [])
+    assert _curve(rl, "reward") == ([0, 1, 2], [0.5, 0.5, 0.5])
+    assert _curve(sft, "loss") == ([0, 1, 2], [2.0, 1.0, 0.0])

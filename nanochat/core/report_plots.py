@@ -1,8 +1,11 @@
 """The report's PNG plots (matplotlib, no display): one curve per stage, labelled axes, units.
 
-* ``training_loss.png``: training loss against the stage's step, every training stage;
+* ``training_loss.png``: training loss (nats/token) against the stage's step, every stage that
+  trains on next-token prediction (not RL or DPO: their loss is a policy objective);
 * ``validation.png``: validation bits/byte (text stages) and validation loss (chat stages);
-* ``rewards.png``: mean reward and held-out pass@1 of stages that report them (RL).
+* ``rewards.png``: mean reward, held-out pass@1 and the DPO loss of the stages that report them.
+
+Noisy per-step curves (30 points or more) are drawn faint, with a moving average over them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,25 @@ if TYPE_CHECKING:
 # (metric key, axis label) of each panel of each figure; labels with "0 to 1" get that range.
 TRAINING = [("loss", "training loss (nats/token)")]
 VALIDATION = [("val_bpb", "validation bits/byte"), ("val_loss", "validation loss (nats/token)")]
-REWARDS = [("reward", "mean reward (0 to 1)"), ("pass@1", "held-out pass@1 (0 to 1)")]
+REWARDS = [
+    ("reward", "mean reward (0 to 1)"),
+    ("pass@1", "held-out pass@1 (0 to 1)"),
+    ("dpo_loss", "DPO loss (nats/pair)"),
+]
+# Stages whose records carry one of these keys optimise a policy objective, not nats/token.
+POLICY_KEYS = ("reward", "dpo_loss")
+SMOOTH_FROM = 30  # points; shorter curves are drawn as they are
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean of up to ``window`` values at each point (the first points average fewer)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -37,6 +58,13 @@ def series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], li
     return steps, [points[s] for s in steps]
 
 
+def _curve(stage: StageReport, key: str) -> tuple[list[float], list[float]]:
+    """The stage's ``key`` series as plotted: none for the loss of a policy-objective stage."""
+    if key == "loss" and any(k in r for r in stage.records for k in POLICY_KEYS):
+        return [], []
+    return series(stage.records, key)
+
+
 def _figure(
     stages: Sequence[StageReport], panels: list[tuple[str, str]], title: str, path: Path
 ) -> bool:
@@ -48,9 +76,7 @@ def _figure(
     from matplotlib.ticker import MaxNLocator
 
     present = [
-        (key, label)
-        for key, label in panels
-        if any(len(series(s.records, key)[0]) > 0 for s in stages)
+        (key, label) for key, label in panels if any(len(_curve(s, key)[0]) > 0 for s in stages)
     ]
     if not present:
         return False
@@ -58,11 +84,17 @@ def _figure(
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (key, label) in zip(axes[0], present, strict=True):
         for index, stage in enumerate(stages):  # a stage keeps its color in every figure
-            steps, values = series(stage.records, key)
-            if steps:
-                marker = "o" if len(steps) < 30 else None
-                color = colors[index % len(colors)]
-                ax.plot(steps, values, marker=marker, markersize=3, label=stage.scope, color=color)
+            steps, values = _curve(stage, key)
+            if not steps:
+                continue
+            color = colors[index % len(colors)]
+            if len(steps) < SMOOTH_FROM:
+                ax.plot(steps, values, marker="o", markersize=3, label=stage.scope, color=color)
+                continue
+            window = max(5, len(steps) // 20)
+            ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
+            smooth = moving_average(values, window)
+            ax.plot(steps, smooth, color=color, label=f"{stage.scope} ({window}-step mean)")
         ax.set_xlabel("step (within the stage)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
@@ -83,7 +115,7 @@ def draw_plots(stages: Sequence[StageReport], directory: Path) -> list[Path]:
     figures = [
         ("training_loss.png", TRAINING, "Training loss"),
         ("validation.png", VALIDATION, "Validation"),
-        ("rewards.png", REWARDS, "Reinforcement learning"),
+        ("rewards.png", REWARDS, "Alignment (RL, DPO)"),
     ]
     written = []
     for name, panels, title in figures:

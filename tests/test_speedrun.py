@@ -120,3 +120,27 @@ def test_mini_speedrun_survives_kill_and_ctrl_c_then_reports(home: Path) -> None
         data = plot.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
     assert 'nanochat chat --run mini -p "What is 12 * 7?"' in finished.stdout
+
+
+def test_time_left_rescales_only_on_enough_evidence(monkeypatch) -> None:
+    """The estimate of the rest follows the preset's figures until stages estimated at a minute
+    or more have finished; then it scales by how fast this machine ran them."""
+    from nanochat.core import speedrun_progress
+    from nanochat.core.progress import format_duration
+
+    clock = [0.0]
+    monkeypatch.setattr(speedrun_progress.time, "monotonic", lambda: clock[0])
+    lines: list[str] = []
+    progress = speedrun_progress.SpeedrunProgress(
+        "r", ["a", "b", "c"], ["a", "b", "c"], {"a": 10, "b": 100, "c": 300}, lines.append
+    )
+
+    def stage(scope: str, seconds: float) -> None:
+        progress.nanochat_metrics("r", {"event": "start", "stage": scope})
+        clock[0] += seconds
+        progress.nanochat_metrics("r", {"event": "end", "stage": scope})
+
+    stage("a", 1.0)  # 10x faster than estimated, but only 10 s of evidence
+    assert lines[-1].endswith("about 6m40s left"), lines[-1]  # 100 + 300 s as estimated
+    stage("b", 200.0)  # 110 s estimated, 201 s spent: 1.83x slower
+    assert lines[-1].endswith(f"about {format_duration(300 * 201 / 110)} left")

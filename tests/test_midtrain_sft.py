@@ -84,7 +84,7 @@ def test_a_preset_sets_dataset_options() -> None:
 
     registry = Registry.load()
     plan = plan_run(registry, ["sft"], "r", preset="tiny")
-    assert plan.dataset_options["nanochat-datasets/arithmetic"].bare_fraction == 0.25
+    assert plan.dataset_options["nanochat-datasets/arithmetic"].bare_fraction == 0.5
     plan = plan_run(registry, ["sft"], "r", preset="tiny", overrides=["arithmetic.bare_fraction=0"])
     assert plan.dataset_options["nanochat-datasets/arithmetic"].bare_fraction == 0.0
 

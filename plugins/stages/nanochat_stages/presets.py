@@ -3,7 +3,7 @@
 * ``tiny``: 2 CPU cores; depth 3 (~2.9M params), context 256, vocab 4,096, on demo-text
   (offline); tokenizer + pretrain in a few minutes, then `midtrain` (30 packed steps) and `sft`
   (150 padded steps, mostly `arithmetic`) on the offline chat mixtures, and `rl` on
-  `arithmetic` (at most 9 minutes).
+  `arithmetic` (at most 8 minutes of training).
 * ``d12``: 1-8 GPUs; depth 12 (~185M params), context 2,048, vocab 65,536, on FineWeb-Edu;
   ~3.7B tokens (20 x params), ~1 h on 8 x H100.
 * ``d20``: 8 x H100; depth 20 (~560M params); ~11B tokens, ~4 h (nanochat's $100 speedrun).
@@ -114,7 +114,7 @@ def presets() -> list[Preset]:
                 "eval-gsm8k.max_new_tokens": 96,
                 # rl on `arithmetic`: short answers, the default learning rates held until a
                 # short warmdown (3x the default made held-out pass@1 fall), samples at
-                # temperature 0.7, at most 9 minutes
+                # temperature 0.7, at most 8 minutes of training (+ evals)
                 "rl.dataset": "arithmetic",
                 "rl.prompts_per_step": 8,
                 "rl.samples": 8,
@@ -122,7 +122,7 @@ def presets() -> list[Preset]:
                 "rl.temperature": 0.7,
                 "rl.warmdown_ratio": 0.2,
                 "rl.max_steps": 200,
-                "rl.time_budget_s": 540.0,
+                "rl.time_budget_s": 480.0,
                 "rl.device_batch_size": 16,
                 "rl.eval_every": 25,
                 "rl.eval_problems": 200,
@@ -149,7 +149,7 @@ def presets() -> list[Preset]:
                 "midtrain": 35,
                 "eval:gsm8k": 5,
                 "sft": 45,
-                "rl": 545,
+                "rl": 500,
             },
         ),
         Preset(

@@ -69,11 +69,12 @@ def start_teacher(latency: float) -> tuple[int, asyncio.AbstractEventLoop]:
 
 def measure(port: int, n: int, concurrency: int) -> tuple[float, dict[str, object]]:
     """Seconds to generate ``n`` records at ``concurrency``, and the run's summary."""
-    from nanochat.core.registry import Registry
     from nanochat_datasets.datagen.runner import RunSettings, run_local
     from nanochat_datasets.datagen.store import OutputStore
     from nanochat_datasets.datagen.tally import Tally
     from nanochat_datasets.datagen.teacher import TeacherConfig
+
+    from nanochat.core.registry import Registry
 
     template = Registry.load().create("template", "identity")
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +97,9 @@ def main() -> None:
     args = parser.parse_args()
     port, _ = start_teacher(args.latency)
     print(f"teacher latency {args.latency:g}s, {args.n} records per level (identity template)")
-    print(f"{'in flight':>9} {'seconds':>8} {'records/s':>10} {'speed-up':>9} {'max in flight':>14}")
+    print(
+        f"{'in flight':>9} {'seconds':>8} {'records/s':>10} {'speed-up':>9} {'max in flight':>14}"
+    )
     base = None
     for level in args.concurrency:
         elapsed, summary = measure(port, args.n, level)

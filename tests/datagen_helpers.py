@@ -168,7 +168,9 @@ class StubTeacher:
         text = self.reply(key, body)
         if not stream:
             if fault == "non-json":
-                return web.Response(text="<html>502 Bad Gateway</html>", content_type="application/json")
+                return web.Response(
+                    text="<html>502 Bad Gateway</html>", content_type="application/json"
+                )
             if fault == "empty-choices":
                 return web.json_response({"id": "x", "choices": []})
             if fault == "cut":

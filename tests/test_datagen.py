@@ -91,7 +91,12 @@ def test_bad_answers_are_retried(
     with StubTeacher(identity_reply, first_attempt(fault)) as stub:
         extra = ["--concurrency", "8", "--timeout", "0.5" if fault == "timeout" else "10"]
         code, summary, err = datagen(
-            stub, tmp_path / "out", n, monkeypatch, capsys, *extra,
+            stub,
+            tmp_path / "out",
+            n,
+            monkeypatch,
+            capsys,
+            *extra,
             *([] if stream else ["--no-stream"]),
         )
     assert code == 0, err
@@ -115,15 +120,20 @@ def test_failures_that_never_end_are_counted_and_the_run_goes_on(
     def fault(key: str, attempt: int) -> str | None:
         return {"identity-s0-0000001": "http-500", "identity-s0-0000002": "http-400"}.get(key)
 
-    with StubTeacher(identity_reply, fault) as stub:
+    with StubTeacher(identity_reply, fault, delay=0.02) as stub:
         code, summary, err = datagen(
-            stub, tmp_path / "out", 8, monkeypatch, capsys, "--retries", "3", "--concurrency", "2"
+            stub,
+            tmp_path / "out",
+            20,
+            monkeypatch,
+            capsys,
+            *("--retries", "3", "--backoff", "0", "--concurrency", "2"),
         )
         assert stub.attempts["identity-s0-0000001"] == 4
         assert stub.attempts["identity-s0-0000002"] == 1
     assert code == 0, err
     assert summary is not None
-    assert summary["records"] == 8
+    assert summary["records"] == 20
     assert summary["failed"] == {"http-400": 1, "http-500": 1}
     assert summary["errors"] == {"http-400": 1, "http-500": 4}
     ids = {r["id"] for r in read_records(tmp_path / "out")}
@@ -197,15 +207,24 @@ def test_math_word_problems_from_a_stub_teacher_read_as_chat_and_problems(
     assert code == 0, err
     assert summary is not None and summary["records"] == 10
     registry = Registry.load()
-    chats = [item for item, _ in open_dataset(f"chat-jsonl:{out}/*.jsonl", registry).iter(
-        "train", shuffle=False)]
-    chats += [item for item, _ in open_dataset(f"chat-jsonl:{out}/*.jsonl", registry).iter(
-        "val", shuffle=False)]
+    chats = [
+        item
+        for item, _ in open_dataset(f"chat-jsonl:{out}/*.jsonl", registry).iter(
+            "train", shuffle=False
+        )
+    ]
+    chats += [
+        item
+        for item, _ in open_dataset(f"chat-jsonl:{out}/*.jsonl", registry).iter(
+            "val", shuffle=False
+        )
+    ]
     assert len(chats) == 10
     assert all(any(p["type"] == "python" for p in c[1]["content"]) for c in chats)
     (shard,) = sorted(out.glob("*.jsonl"))
-    problems = [item for item, _ in open_dataset(f"gsm8k:{shard}", registry).iter(
-        "train", shuffle=False)]
+    problems = [
+        item for item, _ in open_dataset(f"gsm8k:{shard}", registry).iter("train", shuffle=False)
+    ]
     assert len(problems) == 10
     for problem in problems:
         worked = "".join(p["text"] for p in problem.solution["content"] if p["type"] == "text")
@@ -252,12 +271,28 @@ def test_kill_and_rerun_gives_exactly_n_unique_records(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with StubTeacher(identity_reply, delay=0.05) as stub:
         args = [
-            sys.executable, "-m", "nanochat", "datagen", "identity", "--endpoint", stub.url,
-            "--model", "stub", "-n", str(n), "--out", str(out), "--concurrency", "4",
+            sys.executable,
+            "-m",
+            "nanochat",
+            "datagen",
+            "identity",
+            "--endpoint",
+            stub.url,
+            "--model",
+            "stub",
+            "-n",
+            str(n),
+            "--out",
+            str(out),
+            "--concurrency",
+            "4",
         ]
         proc = subprocess.Popen(
-            args, env=cli_env(None, NANOCHAT_PROGRESS="off"), cwd=REPO,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            args,
+            env=cli_env(None, NANOCHAT_PROGRESS="off"),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.time() + 60
         while time.time() < deadline and written_lines(out) < 15:
@@ -271,8 +306,12 @@ def test_kill_and_rerun_gives_exactly_n_unique_records(tmp_path: Path) -> None:
             f.write('{"id": "identity-s0-9999999", "messages": [{"role": "us')  # a torn write
         asked_before = len(stub.seen)
         result = subprocess.run(
-            [*args, "--json"], env=cli_env(None, NANOCHAT_PROGRESS="off"), cwd=REPO,
-            capture_output=True, text=True, timeout=120,
+            [*args, "--json"],
+            env=cli_env(None, NANOCHAT_PROGRESS="off"),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr
         asked_after = [s.key for s in stub.seen[asked_before:]]

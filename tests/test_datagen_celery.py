@@ -44,9 +44,21 @@ def broker(tmp_path: Path) -> Iterator[str]:
 
     port = _free_port()
     proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            REDIS_SERVER,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
@@ -76,10 +88,25 @@ class Workers:
     def start(self, name: str, concurrency: int = 2) -> None:
         log = (self.log_dir / f"{name}.log").open("wb")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "nanochat", "datagen", "worker", "--broker", self.url,
-             "--concurrency", str(concurrency), "--visibility-timeout", str(VISIBILITY_S),
-             "--hostname", f"{name}@test"],
-            env=cli_env(None), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "nanochat",
+                "datagen",
+                "worker",
+                "--broker",
+                self.url,
+                "--concurrency",
+                str(concurrency),
+                "--visibility-timeout",
+                str(VISIBILITY_S),
+                "--hostname",
+                f"{name}@test",
+            ],
+            env=cli_env(None),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -111,11 +138,33 @@ def workers(broker: str, tmp_path: Path) -> Iterator[Workers]:
 def enqueue(stub: StubTeacher, url: str, out: Path, n: int) -> subprocess.Popen[str]:
     """The enqueuing command, started in the background."""
     return subprocess.Popen(
-        [sys.executable, "-m", "nanochat", "datagen", "identity", "--endpoint", stub.url,
-         "--model", "stub", "-n", str(n), "--out", str(out), "--broker", url,
-         "--concurrency", "8", "--backoff", "0.01", "--json"],
-        env=cli_env(None, NANOCHAT_PROGRESS="off"), cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "nanochat",
+            "datagen",
+            "identity",
+            "--endpoint",
+            stub.url,
+            "--model",
+            "stub",
+            "-n",
+            str(n),
+            "--out",
+            str(out),
+            "--broker",
+            url,
+            "--concurrency",
+            "8",
+            "--backoff",
+            "0.01",
+            "--json",
+        ],
+        env=cli_env(None, NANOCHAT_PROGRESS="off"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -125,7 +174,8 @@ def finish(proc: subprocess.Popen[str], workers: Workers, timeout: float = 120) 
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"the enqueuer hung:\n{err}\n{workers.log('w1')}\n{workers.log('w2')}")
+        logs = f"{workers.log('w1')}\n{workers.log('w2')}"
+        raise AssertionError(f"the enqueuer hung:\n{err}\n{logs}") from None
     assert proc.returncode == 0, f"{err}\n{workers.log('w1')}\n{workers.log('w2')}"
     summary: dict[str, Any] = json.loads(out)
     return summary
@@ -173,10 +223,16 @@ def test_two_workers_do_every_job_exactly_once(
         before = client.get(result_key)
         for record in records[:4]:
             index = int(record["id"].rsplit("-", 1)[1])
-            payload = {"broker": broker, "run": run, "template": "nanochat-datasets/identity",
-                       "options": json.loads((out / ".datagen" / "config.json").read_text())[
-                           "options"], "seed": 0, "index": index, "key": record["id"],
-                       "teacher": {"url": stub.url + "/chat/completions", "model": "stub"}}
+            payload = {
+                "broker": broker,
+                "run": run,
+                "template": "nanochat-datasets/identity",
+                "options": json.loads((out / ".datagen" / "config.json").read_text())["options"],
+                "seed": 0,
+                "index": index,
+                "key": record["id"],
+                "teacher": {"url": stub.url + "/chat/completions", "model": "stub"},
+            }
             app.send_task(TASK_NAME, args=[payload], task_id=f"{run}:{record['id']}")
         deadline = time.time() + 30
         while client.llen("nanochat-datagen") or client.hlen("unacked"):
@@ -206,7 +262,12 @@ def test_a_killed_workers_jobs_are_redelivered(
             time.sleep(0.02)
         workers.kill("w1")  # SIGKILL, mid-job
         # what w1 was running when it died stays marked with its name until re-delivered
-        killed = sorted(i for i, w in run_hashes(broker, "running").items() if w == "w1@test")
+        marks = run_hashes(broker, "running")
+        killed = sorted(
+            i
+            for i, w in marks.items()
+            if w == "w1@test" and not client.keys(f"nanochat:datagen:*:result:{i}")
+        )
         assert killed
         summary = finish(proc, workers)
         records = read_records(out)
@@ -215,7 +276,9 @@ def test_a_killed_workers_jobs_are_redelivered(
         executions = run_hashes(broker, "executions")
         seen = stub.keys_seen()
         for index in killed:
-            result = json.loads(client.get(next(iter(client.keys(f"nanochat:datagen:*:result:{index}")))))
+            result = json.loads(
+                client.get(next(iter(client.keys(f"nanochat:datagen:*:result:{index}"))))
+            )
             assert result["worker"] == "w2@test"  # re-delivered to the survivor
             assert executions[index] == "2" and seen[expected_ids(n)[index]] == 2
         others = [i for i in range(n) if i not in killed]

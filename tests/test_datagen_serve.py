@@ -35,9 +35,28 @@ def generated(chat_run, tmp_path_factory: pytest.TempPathFactory):  # type: igno
         ["--workers", "2", "--max-batch", "8", "--queue-size", "64"], home, sites
     ).wait_ready()
     args = [
-        sys.executable, "-m", "nanochat", "datagen", "identity", "--endpoint", f"{server.url}/v1",
-        "--model", "c", "-n", str(N), "--out", str(out), "--concurrency", str(IN_FLIGHT),
-        "--max-jobs", "20000", "-o", "max_tokens=24", "--json",
+        sys.executable,
+        "-m",
+        "nanochat",
+        "datagen",
+        "identity",
+        "--endpoint",
+        f"{server.url}/v1",
+        "--model",
+        "c",
+        "-n",
+        str(N),
+        "--out",
+        str(out),
+        "--concurrency",
+        str(IN_FLIGHT),
+        "--max-jobs",
+        "20000",
+        "-o",
+        "max_tokens=24",
+        "-o",
+        "system_prompt=false",
+        "--json",
     ]
     env = cli_env(home, sites, NANOCHAT_PROGRESS="off")
     try:
@@ -51,8 +70,9 @@ def generated(chat_run, tmp_path_factory: pytest.TempPathFactory):  # type: igno
         first.send_signal(signal.SIGKILL)
         first.wait(30)
         before = read_records(out)
-        result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
-                                timeout=600)
+        result = subprocess.run(
+            args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, result.stderr[-3000:] + server.log[-3000:]
     finally:
         server.stop()
@@ -72,8 +92,9 @@ def test_200_conversations_from_nanochat_serve_with_16_in_flight(generated) -> N
     assert summary["written"] == N - len(before)
     assert summary["max_in_flight"] == IN_FLIGHT
     # a tiny model's answers are mostly rejected; every rejection has a named reason
-    assert summary["jobs"] == summary["accepted"] + summary["rejected_total"] + summary[
-        "failed_total"]
+    assert (
+        summary["jobs"] == summary["accepted"] + summary["rejected_total"] + summary["failed_total"]
+    )
     assert summary["failed_total"] == 0
 
 
@@ -84,9 +105,21 @@ def test_the_generated_jsonl_trains_with_sft(generated, chat_run, tmp_path: Path
     shutil.copytree(home / "runs" / "c", target / "runs" / "c")
     shutil.rmtree(target / "runs" / "c" / "sft")  # train sft again, on the generated data
     result = run_cli(
-        ["run", "sft", "--run", "c", "-o", f"sft.mixture=chat-jsonl:{out}/*.jsonl",
-         "-o", "chat-jsonl.val_fraction=0.1", "-o", "sft.max_steps=3"],
-        target, sites, timeout=300,
+        [
+            "run",
+            "sft",
+            "--run",
+            "c",
+            "-o",
+            f"sft.mixture=chat-jsonl:{out}/*.jsonl",
+            "-o",
+            "chat-jsonl.val_fraction=0.1",
+            "-o",
+            "sft.max_steps=3",
+        ],
+        target,
+        sites,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     done = json.loads((target / "runs" / "c" / "sft" / "done.json").read_text())

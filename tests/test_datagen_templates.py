@@ -47,8 +47,10 @@ def _math_reply(steps: list[dict[str, object]], answer: object, problem: str = "
         (_math_reply([{"text": "Add", "expression": "1/0", "result": 0}], 0), "calc-error"),
         (_math_reply([{"text": "Add", "expression": "12+7=19", "result": 19}], 19), "bad-schema"),
         (_math_reply([], 19), "bad-schema"),
-        (_math_reply([{"text": "Add", "expression": "12+7", "result": 19}], 19, "Short?"),
-         "bad-schema"),
+        (
+            _math_reply([{"text": "Add", "expression": "12+7", "result": 19}], 19, "Short?"),
+            "bad-schema",
+        ),
         ("Sure! Here is a problem about cookies.", "not-json"),
         ('{"problem": "cut', "not-json"),
     ],
@@ -77,8 +79,9 @@ def test_math_accepts_fenced_json_and_decimal_results() -> None:
 
 def test_identity_checks() -> None:
     template = REGISTRY.create("template", "identity")
-    name_job = next(j for j in (template.make_job(0, i) for i in range(100))
-                    if j.meta["topic"] == "name")
+    name_job = next(
+        j for j in (template.make_job(0, i) for i in range(100)) if j.meta["topic"] == "name"
+    )
     for text, reason in [
         ("I am a helpful assistant.", "missing-name"),
         ("As an AI language model, I am nanochat.", "off-identity"),

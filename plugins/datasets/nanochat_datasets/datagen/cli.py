@@ -104,17 +104,72 @@ def datagen() -> None:
     show_default=True,
     help="Requests in flight (with --broker: jobs enqueued at once).",
 )
-@click.option("--rate", default="0", show_default=True, help="Most requests per second: 5, 5/s, 300/min (0: no limit).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Picks topics and personas.")
-@click.option("--api-key-env", metavar="VAR", default=None, help="Environment variable holding the API key.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True, help="Seconds per request.")
-@click.option("--retries", type=click.IntRange(0, 100), default=5, show_default=True, help="Retries of a failed request.")
-@click.option("--backoff", type=click.FloatRange(min=0), default=1.0, show_default=True, help="First retry delay ceiling in seconds (doubles, with jitter).")
-@click.option("--max-jobs", type=click.IntRange(min=0), default=0, help="Most new jobs to try [default: 10 x the records missing, at least 100].")
-@click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True, help="Records per jsonl shard.")
-@click.option("--stream/--no-stream", default=True, show_default=True, help="Ask for streamed answers.")
-@click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE", help="Template option (repeatable); `nanochat show template NAME` lists them.")
-@click.option("--broker", default=None, metavar="URL", help="Enqueue the jobs as Celery tasks on this Redis broker instead of running them here.")
+@click.option(
+    "--rate",
+    default="0",
+    show_default=True,
+    help="Most requests per second: 5, 5/s, 300/min (0: no limit).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Picks topics and personas.",
+)
+@click.option(
+    "--api-key-env", metavar="VAR", default=None, help="Environment variable holding the API key."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds per request.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    default=5,
+    show_default=True,
+    help="Retries of a failed request.",
+)
+@click.option(
+    "--backoff",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="First retry delay ceiling in seconds (doubles, with jitter).",
+)
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Most new jobs to try [default: 10 x the records missing, at least 100].",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Records per jsonl shard.",
+)
+@click.option(
+    "--stream/--no-stream", default=True, show_default=True, help="Ask for streamed answers."
+)
+@click.option(
+    "-o",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Template option (repeatable); `nanochat show template NAME` lists them.",
+)
+@click.option(
+    "--broker",
+    default=None,
+    metavar="URL",
+    help="Enqueue the jobs as Celery tasks on this Redis broker instead of running them here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the usage summary as JSON.")
 def generate(
     template: str,
@@ -218,9 +273,22 @@ def generate(
 
 
 @datagen.command("worker")
-@click.option("--broker", required=True, metavar="URL", help="The Redis broker (redis://HOST:6379/0).")
-@click.option("--concurrency", type=click.IntRange(1, 4096), default=8, show_default=True, help="Jobs run at once (threads).")
-@click.option("--rate", default="0", show_default=True, help="Most requests per second from this worker (0: no limit).")
+@click.option(
+    "--broker", required=True, metavar="URL", help="The Redis broker (redis://HOST:6379/0)."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 4096),
+    default=8,
+    show_default=True,
+    help="Jobs run at once (threads).",
+)
+@click.option(
+    "--rate",
+    default="0",
+    show_default=True,
+    help="Most requests per second from this worker (0: no limit).",
+)
 @click.option(
     "--visibility-timeout",
     type=click.FloatRange(min=0, min_open=True),

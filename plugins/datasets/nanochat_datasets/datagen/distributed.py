@@ -168,16 +168,27 @@ def _outcome(payload: dict[str, Any], index: int) -> Outcome:
     template = _template(payload["template"], payload["options"])
     job = template.make_job(int(payload["seed"]), index)
     if job.key != payload["key"]:
-        return Outcome(payload["key"], index, "fatal", "template-mismatch", "job keys differ "
-                       "between the enqueuer and this worker: install the same template version")
+        return Outcome(
+            payload["key"],
+            index,
+            "fatal",
+            "template-mismatch",
+            "job keys differ "
+            "between the enqueuer and this worker: install the same template version",
+        )
     settings = dict(payload["teacher"])
     key_env = settings.pop("api_key_env", None)
     api_key = None
     if key_env:
         api_key = os.environ.get(key_env)
         if not api_key:
-            return Outcome(job.key, index, "fatal", "api-key-missing",
-                           f"${key_env} is not set on worker {socket.gethostname()}")
+            return Outcome(
+                job.key,
+                index,
+                "fatal",
+                "api-key-missing",
+                f"${key_env} is not set on worker {socket.gethostname()}",
+            )
     teacher = TeacherConfig(**settings, api_key=api_key)
 
     async def go() -> Outcome:

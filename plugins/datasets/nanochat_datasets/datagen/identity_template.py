@@ -20,7 +20,12 @@ from nanochat.core.datagen import DatagenJob, Rejected, TeacherReply
 from nanochat_datasets.datagen.options import IdentityTemplateOptions
 
 TOPICS: dict[str, tuple[str, ...]] = {
-    "name": ("What is your name?", "Who are you?", "What should I call you?", "Do you have a name?"),
+    "name": (
+        "What is your name?",
+        "Who are you?",
+        "What should I call you?",
+        "Do you have a name?",
+    ),
     "creator": ("Who made you?", "Who built you?", "Who trained you?", "Where do you come from?"),
     "abilities": ("What can you do?", "How can you help me?", "What are you good at?"),
     "math": ("Can you do math?", "Do you use a calculator?", "How do you add big numbers?"),
@@ -97,10 +102,13 @@ class IdentityTemplate:
             + f"\nAnswer as {name}, in one to three plain sentences that agree with these facts. "
             f"The person writing is {persona}: suit your tone to them."
         )
+        messages = [{"role": "user", "content": question}]
+        if self.options.system_prompt:
+            messages.insert(0, {"role": "system", "content": system})
         return DatagenJob(
             key=f"identity-s{seed}-{index:07d}",
             index=index,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            messages=messages,
             params={"temperature": self.options.temperature, "max_tokens": self.options.max_tokens},
             meta={"topic": topic, "persona": persona, "question": question},
         )

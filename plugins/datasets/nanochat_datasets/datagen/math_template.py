@@ -205,7 +205,11 @@ class MathWordProblems:
                 "have now?",
                 "steps": [
                     {"text": "Items after getting more", "expression": f"{a}+{b}", "result": a + b},
-                    {"text": "Times as many", "expression": f"({a}+{b})*{c}", "result": (a + b) * c},
+                    {
+                        "text": "Times as many",
+                        "expression": f"({a}+{b})*{c}",
+                        "result": (a + b) * c,
+                    },
                 ],
                 "answer": (a + b) * c,
             }

@@ -16,6 +16,8 @@ class IdentityTemplateOptions:
         creator: who built it.
         facts: a text file of more facts about the assistant, one per line (added to the
             built-in ones that follow from name and creator).
+        system_prompt: send the facts to the teacher as a system message (off only for a
+            teacher whose context cannot hold them, such as a tiny test model).
         max_tokens: the teacher's answer budget.
         temperature: the teacher's sampling temperature.
         min_chars: shorter answers are rejected.
@@ -25,6 +27,7 @@ class IdentityTemplateOptions:
     name: str = "nanochat"
     creator: str = "the nanochat project"
     facts: str = ""
+    system_prompt: bool = True
     max_tokens: int = option(256, ge=1, le=32_768)
     temperature: float = option(0.9, ge=0, le=2)
     min_chars: int = option(8, ge=1)

@@ -58,9 +58,7 @@ class TokenBucket:
             await asyncio.sleep(delay)
 
 
-def backoff_delay(
-    attempt: int, base: float, cap: float, rng: random.Random | None = None
-) -> float:
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Seconds to wait before retry number ``attempt + 1``: exponential with "equal jitter".
 
     The ceiling doubles each attempt (``base``, ``2 * base``, ... up to ``cap``); the delay is

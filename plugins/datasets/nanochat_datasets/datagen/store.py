@@ -56,7 +56,9 @@ def _repair(path: Path) -> None:
                 break
             block = min(size, block * 2)
         f.truncate(keep)
-    log.warning("%s: dropped a partial last line (%d bytes) left by an interrupted run", path, size - keep)
+    log.warning(
+        "%s: dropped a partial last line (%d bytes) left by an interrupted run", path, size - keep
+    )
 
 
 class OutputStore:
@@ -129,7 +131,11 @@ class OutputStore:
             except ValueError:
                 raise DataError(f"{config_path}: not JSON; remove it to start over") from None
             if before != self.config:
-                diff = [k for k in sorted(set(before) | set(self.config)) if before.get(k) != self.config.get(k)]
+                diff = [
+                    k
+                    for k in sorted(set(before) | set(self.config))
+                    if before.get(k) != self.config.get(k)
+                ]
                 raise UsageError(
                     f"--out {self.out} holds data made with other settings ({', '.join(diff)} "
                     "differ); use another --out folder or the same template, -o options and --seed"

@@ -252,7 +252,7 @@ async def request_once(
             return _from_completion(data, usage)
     except TeacherError:
         raise
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise TeacherError("timeout", f"no complete answer in {config.timeout_s:g}s") from None
     except aiohttp.ClientPayloadError as exc:
         raise TeacherError("truncated", str(exc).splitlines()[0][:MAX_ERROR_TEXT]) from None

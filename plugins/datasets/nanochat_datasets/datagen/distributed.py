@@ -8,8 +8,9 @@ the outcome in Redis with ``SET NX``: the first outcome of a job is the only one
 delivered twice writes once, and a worker that finds the outcome already there does nothing.
 
 Tasks are acknowledged late (after they ran) and rejected when their worker is lost, so the jobs
-of a worker killed mid-job go back to the queue: Redis hands unacknowledged messages to another
-worker once ``--visibility-timeout`` seconds have passed. Only the enqueuing command writes the
+of a worker killed mid-job go back to the queue: a surviving worker hands unacknowledged messages
+out again once ``--visibility-timeout`` seconds have passed (it looks every few seconds, at
+most every 10). Only the enqueuing command writes the
 output folder; workers need no shared disk. API keys never travel through the broker: a worker
 reads the variable named by ``--api-key-env`` from its own environment.
 """
@@ -100,7 +101,12 @@ def make_app(broker: str, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
         accept_content=["json"],
         task_ignore_result=True,
         task_default_queue=QUEUE,
-        broker_transport_options={"visibility_timeout": visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout,
+            # sweep for abandoned jobs every few seconds (kombu's default is about every 100 s)
+            "unacked_restore_interval": max(1, min(10, round(visibility_timeout / 4))),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,

@@ -191,7 +191,10 @@ def generate(
     broker: str | None,
     as_json: bool,
 ) -> None:
-    """Ask the teacher until OUT holds N records made with TEMPLATE."""
+    """Ask a teacher until OUT holds N records of TEMPLATE.
+
+    Re-running the same command resumes: records already in OUT are kept and never repeated.
+    """
     from nanochat.core.config import options_to_dict
     from nanochat.core.errors import NanochatError
     from nanochat.core.progress import write_line
@@ -300,7 +303,11 @@ def generate(
 def worker(
     broker: str, concurrency: int, rate: str, visibility_timeout: float, hostname: str | None
 ) -> None:
-    """Run the jobs of `nanochat datagen ... --broker URL` (until stopped)."""
+    """Run datagen jobs from a Redis broker (Celery).
+
+    Consumes the jobs that `nanochat datagen TEMPLATE ... --broker URL` enqueues, until
+    stopped; the teacher's API key comes from this machine's environment.
+    """
     from nanochat_datasets.datagen.distributed import check_broker, start_worker
 
     check_broker(broker)

@@ -69,7 +69,8 @@ def as_fraction(value: Any) -> Fraction | None:
 
 def _close(a: Fraction, b: Fraction) -> bool:
     """Equal, allowing the rounding of a printed decimal (1e-9 relative)."""
-    return a == b or abs(a - b) <= Fraction(1, 10**9) * max(1, abs(a), abs(b))
+    scale = max(Fraction(1), abs(a), abs(b))
+    return a == b or abs(a - b) <= scale / 10**9
 
 
 def _extract_json(text: str) -> Any:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from nanochat.core.components import ComponentSpec
 from nanochat.core.datagen import DatagenTemplate, Rejected, TeacherReply
+from nanochat.core.hookspecs import hookimpl
 from nanochat.core.registry import Registry
 from nanochat.testing import template_contract
 
@@ -166,3 +168,75 @@ def test_store_cuts_a_torn_last_line_and_keeps_ids_and_keys(tmp_path: Path) -> N
     assert again.shards()[-1].read_text().endswith("}\n")
     assert again.add({"id": "j3", "messages": [{"role": "user", "content": "q3"}]}) == "written"
     assert len(again.shards()) == 2  # the second shard had room for one more
+
+
+class _ShoutTemplate:
+    """A third party's template: asks for a word, keeps it upper-cased."""
+
+    data_kind = "chat"
+
+    def __init__(self, options: object) -> None:
+        self.options = options
+
+    def make_job(self, seed: int, index: int):  # type: ignore[no-untyped-def]
+        from nanochat.core.datagen import DatagenJob
+
+        word = random.Random(f"{seed}:{index}").choice(["cat", "dog", "owl", "fox", "elk"])
+        return DatagenJob(
+            key=f"shout-s{seed}-{index:07d}",
+            index=index,
+            messages=[{"role": "user", "content": f"Say {word} {index} loudly."}],
+            meta={"word": word},
+        )
+
+    def accept(self, job, reply):  # type: ignore[no-untyped-def]
+        text = reply.text.strip()
+        if reply.finish_reason == "length" or not text or len(text) > 100 or "\ufffd" in text:
+            raise Rejected("bad", "not a short clean word")
+        if "<|" in text:
+            raise Rejected("special-tokens")
+        return {"messages": [*job.messages, {"role": "assistant", "content": text.upper()}]}
+
+    def dedup_key(self, record):  # type: ignore[no-untyped-def]
+        return str(record["messages"][-1]["content"])
+
+    def example_reply(self, job):  # type: ignore[no-untyped-def]
+        return f"{job.meta['word']} {job.index}!"
+
+
+class _ShoutPlugin:
+    @hookimpl
+    def nanochat_register_templates(self):  # type: ignore[no-untyped-def]
+        return [ComponentSpec("template", "shout", f"{__name__}:_ShoutTemplate", "shouting")]
+
+
+def test_a_third_party_template_plugs_in_and_runs(tmp_path: Path) -> None:
+    """A template registered through the hook passes the contract and runs end to end."""
+    import asyncio
+
+    from datagen_helpers import StubTeacher
+    from nanochat_datasets.datagen.runner import RunSettings, run_local
+    from nanochat_datasets.datagen.store import OutputStore
+    from nanochat_datasets.datagen.tally import Tally
+    from nanochat_datasets.datagen.teacher import TeacherConfig
+
+    registry = Registry.load()
+    with registry.temporary_plugin(_ShoutPlugin(), "third-party"):
+        assert registry.resolve("template", "shout").qualified_name == "third-party/shout"
+        template = registry.create("template", "shout")
+        template_contract.check_template(template)
+
+        def reply(key: str, body: dict[str, object]) -> str:
+            return template.example_reply(template.make_job(0, int(key.rsplit("-", 1)[1])))
+
+        store = OutputStore(tmp_path, "shout", {}, template.dedup_key).open()
+        tally = Tally(store, template, 0, 12, 100)
+        with StubTeacher(reply) as stub:
+            teacher = TeacherConfig(f"{stub.url}/chat/completions", "stub")
+            asyncio.run(run_local(tally, template, teacher, RunSettings(4, 0, False), "shout"))
+    assert store.count == 12
+    lines = (tmp_path / "shout-00000.jsonl").read_text().splitlines()
+    for line in lines:
+        record = json.loads(line)
+        word = template.make_job(0, int(record["id"][-7:])).meta["word"]
+        assert record["messages"][-1]["content"].startswith(word.upper())

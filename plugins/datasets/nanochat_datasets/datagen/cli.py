@@ -235,6 +235,7 @@ def generate(
     ).open()
     missing = max(0, count - store.count)
     tally = Tally(store, made, seed, count, max_jobs or max(100, 10 * missing))
+    tally.max_consecutive_failures = max(10, 2 * concurrency)
     teacher = TeacherConfig(url, model, api_key, timeout, retries, backoff, stream=stream)
     settings = RunSettings(concurrency, requests_per_s, show_progress=True)
     if missing == 0:

@@ -283,3 +283,41 @@ def test_a_killed_workers_jobs_are_redelivered(
             assert executions[index] == "2" and seen[expected_ids(n)[index]] == 2
         others = [i for i in range(n) if i not in killed]
         assert all(executions[i] == "1" for i in others)
+
+
+def test_a_worker_without_the_api_key_stops_the_run_with_one_line(
+    broker: str, workers: Workers, tmp_path: Path
+) -> None:
+    """The key never travels through the broker: workers read it from their own environment."""
+    with StubTeacher(identity_reply) as stub:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nanochat",
+                "datagen",
+                "identity",
+                "--endpoint",
+                stub.url,
+                "--model",
+                "stub",
+                "-n",
+                "3",
+                "--out",
+                str(tmp_path / "out"),
+                "--broker",
+                broker,
+                "--api-key-env",
+                "DATAGEN_TEST_KEY",
+            ],
+            env=cli_env(None, NANOCHAT_PROGRESS="off", DATAGEN_TEST_KEY="secret"),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert not stub.seen
+    assert result.returncode == 1, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
+    assert "a job cannot run on w" in line and "$DATAGEN_TEST_KEY is not set on worker" in line
+    assert "Traceback" not in result.stderr

@@ -157,6 +157,11 @@ def execute(payload: dict[str, Any], worker: str) -> str:
     client.hincrby(executions_key(run), str(index), 1)
     try:
         outcome = _outcome(payload, index)
+    except NanochatError as exc:  # e.g. the template is not installed here: every job would fail
+        outcome = Outcome(payload["key"], index, "fatal", "worker-error", str(exc))
+    except Exception as exc:  # noqa: BLE001 - the enqueuer must hear of every job
+        log.exception("job %s failed on this worker", payload["key"])
+        outcome = Outcome(payload["key"], index, "failed", "worker-error", type(exc).__name__)
     except BaseException:
         client.hdel(running_key(run), str(index))
         raise

@@ -109,10 +109,13 @@ class Tally:
         if outcome.worker:
             self.workers[outcome.worker] += 1
         if outcome.status == "fatal":
-            raise FatalTeacherError(
-                f"the teacher refused the request ({outcome.reason}: {outcome.detail}); check "
-                "--endpoint, --model and --api-key-env"
-            )
+            if outcome.reason.startswith("http-"):
+                raise FatalTeacherError(
+                    f"the teacher refused the request ({outcome.reason}: {outcome.detail}); "
+                    "check --endpoint, --model and --api-key-env"
+                )
+            where = f" on {outcome.worker}" if outcome.worker else ""
+            raise FatalTeacherError(f"a job cannot run{where} ({outcome.reason}: {outcome.detail})")
         if outcome.status == "failed":
             self.failed[outcome.reason] += 1
             self._consecutive_failures += 1

@@ -174,8 +174,10 @@ def test_rate_limit_spaces_requests(
     assert code == 0, err
     assert len(times) == 21
     assert times[-1] - times[0] >= 0.9  # 20 gaps of 1/20 s
+    # no burst: without the limit all 21 would arrive within a few milliseconds (slack for a
+    # loaded machine, where late sleepers can wake together)
     for i in range(len(times)):
-        assert sum(1 for t in times if times[i] <= t < times[i] + 0.25) <= 6
+        assert sum(1 for t in times if times[i] <= t < times[i] + 0.5) <= 14
 
 
 def test_duplicates_are_dropped(

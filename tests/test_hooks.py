@@ -73,6 +73,10 @@ class EveryKindPlugin:
         return self._spec("logger")
 
     @hookimpl
+    def nanochat_register_templates(self):
+        return self._spec("template")
+
+    @hookimpl
     def nanochat_register_presets(self):
         return [Preset("echo-preset", "loud", overrides={"echo-stage.word": "ECHO"})]
 

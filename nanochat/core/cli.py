@@ -119,7 +119,7 @@ def plugins_command(as_json: bool, show_all: bool) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Presets: also list what each one sets.")
 def list_command(kind: str, as_json: bool, verbose: bool) -> None:
     """List the components of KIND (models, tokenizers, datasets, stages, evals, servers,
-    tools, loggers) or the presets; `nanochat show KIND NAME` details one."""
+    tools, loggers, templates) or the presets; `nanochat show KIND NAME` details one."""
     reg = registry_module.get_registry()
     rows: list[dict[str, Any]]
     if kind in ("preset", "presets"):

@@ -29,6 +29,7 @@ COMPONENT_KINDS: tuple[str, ...] = (
     "server",
     "tool",
     "logger",
+    "template",
 )
 
 

@@ -104,6 +104,18 @@ def nanochat_register_loggers() -> list[ComponentSpec]:
 
 
 @hookspec
+def nanochat_register_templates() -> list[ComponentSpec]:
+    """Return the datagen template specs this plugin provides (kind ``template``).
+
+    Called once when the registry is built. ``nanochat datagen TEMPLATE`` creates one: the
+    factory takes the options dataclass (set with ``-o KEY=VALUE``) and returns a
+    :class:`~nanochat.core.datagen.DatagenTemplate` (which prompts to send a teacher, and how its
+    answers are checked and turned into records).
+    """
+    return []
+
+
+@hookspec
 def nanochat_register_presets() -> list[Preset]:
     """Return named presets (bundles of ``-o`` overrides) this plugin contributes.
 
@@ -149,6 +161,7 @@ HOOK_NAMES: tuple[str, ...] = (
     "nanochat_register_servers",
     "nanochat_register_tools",
     "nanochat_register_loggers",
+    "nanochat_register_templates",
     "nanochat_register_presets",
     "nanochat_register_commands",
     "nanochat_stage_start",

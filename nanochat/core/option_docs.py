@@ -126,7 +126,7 @@ def option_scope(kind: str, name: str) -> str | None:
         return f"eval-{name}"
     if kind in ("model", "tokenizer"):
         return kind
-    if kind == "logger":
+    if kind in ("logger", "template"):
         return name
     return None
 

@@ -35,6 +35,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "server": "nanochat_register_servers",
     "tool": "nanochat_register_tools",
     "logger": "nanochat_register_loggers",
+    "template": "nanochat_register_templates",
 }
 
 KIND_PLURALS: dict[str, str] = {
@@ -46,6 +47,7 @@ KIND_PLURALS: dict[str, str] = {
     "servers": "server",
     "tools": "tool",
     "loggers": "logger",
+    "templates": "template",
 }
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from nanochat.core.components import ComponentSpec
 from nanochat.core.hookspecs import hookimpl
 from nanochat_datasets import options as o
+from nanochat_datasets.datagen import options as datagen_options
 
 if TYPE_CHECKING:
     import click
@@ -122,8 +123,33 @@ def nanochat_register_stages() -> list[ComponentSpec]:
 
 
 @hookimpl
+def nanochat_register_templates() -> list[ComponentSpec]:
+    """The datagen templates ``identity`` and ``math-word-problems``."""
+    return [
+        ComponentSpec(
+            kind="template",
+            name="identity",
+            factory=f"{_PKG}.datagen.identity_template:identity_template",
+            summary="conversations about the assistant itself, from a config of facts",
+            options=datagen_options.IdentityTemplateOptions,
+            extra={"data_kind": "chat"},
+        ),
+        ComponentSpec(
+            kind="template",
+            name="math-word-problems",
+            factory=f"{_PKG}.datagen.math_template:math_word_problems",
+            summary="word problems with worked solutions, every step checked by the calculator",
+            options=datagen_options.MathTemplateOptions,
+            extra={"data_kind": "problems"},
+        ),
+    ]
+
+
+@hookimpl
 def nanochat_register_commands(cli: click.Group) -> None:
-    """Add the ``nanochat data`` group (download, show)."""
+    """Add the ``nanochat data`` group (download, show) and ``nanochat datagen``."""
     from nanochat_datasets.cli import data
+    from nanochat_datasets.datagen.cli import datagen
 
     cli.add_command(data)
+    cli.add_command(datagen)

@@ -22,12 +22,14 @@ SERVING = re.compile(r"serving run .* on http://127\.0\.0\.1:(\d+)/")
 
 
 class ServerProcess:
-    """``nanochat serve --run c --port 0 ARGS`` in its own session (workers included), with
-    its stderr collected by a thread."""
+    """``nanochat serve --run RUN --port 0 ARGS`` in its own session (workers included), with
+    its stderr collected by a thread (run ``c`` unless ``run`` names another)."""
 
-    def __init__(self, args: Sequence[str], home: Path, sites: Sequence[Path], **env: str) -> None:
+    def __init__(
+        self, args: Sequence[str], home: Path, sites: Sequence[Path], run: str = "c", **env: str
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nanochat", "serve", "--run", "c", "--port", "0", *args],
+            [sys.executable, "-m", "nanochat", "serve", "--run", run, "--port", "0", *args],
             env=cli_env(home, sites, **env),
             cwd=REPO,
             stdout=subprocess.DEVNULL,

@@ -73,7 +73,7 @@ def test_llama_run_exports_to_a_folder_transformers_loads(runs: Path, tmp_path: 
     model = llama_from(*newest(runs, "l"))
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (2, 24), generator=torch.Generator().manual_seed(0))
-    hf = LlamaForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    hf = LlamaForCausalLM.from_pretrained(str(out)).float().eval()
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, model(ids), rtol=1e-4, atol=1e-4)
     assert hf.config.num_key_value_heads == 2 and hf.config.vocab_size == vocab

@@ -57,7 +57,9 @@ def read_hf_folder(folder: Path) -> HFContents:
     hf = _read_json(folder / CONFIG_FILE)
     if hf.get("model_type") != "llama":
         raise UsageError(f"{folder} holds a {hf.get('model_type')!r} model, not 'llama'")
-    if hf.get("rope_scaling"):
+    rope = hf.get("rope_parameters") or {}  # newer transformers write rope settings here
+    rope_type = rope.get("rope_type", "default")
+    if hf.get("rope_scaling") or rope_type != "default":
         raise UsageError(f"{folder} uses rotary scaling, which the llama plugin does not implement")
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise UsageError(f"{folder} has biases, which the llama plugin does not implement")
@@ -88,7 +90,7 @@ def read_hf_folder(folder: Path) -> HFContents:
         "head_dim": int(hf.get("head_dim") or n_embd // n_head),
         "intermediate_size": int(hf["intermediate_size"]),
         "context_length": int(hf.get("max_position_embeddings", 2048)),
-        "rope_theta": float(hf.get("rope_theta", 10000.0)),
+        "rope_theta": float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0),
         "rms_norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
         "tie_embeddings": tied,
     }

@@ -225,7 +225,8 @@ def test_chatml_is_rendered_by_render_conversation(imported) -> None:
         f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
-    assert tok.decode(prompt) == expected
+    assert tok.hf.decode(prompt, skip_special_tokens=False) == expected
+    assert tok.decode(prompt).count("<|assistant_end|>") == 2  # <|im_end|> ends every turn
     assert prompt == tok.encode(expected, allowed_special="all")
     convo = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
     rendered = render_conversation(tok, convo)

@@ -197,6 +197,8 @@ def gguf_tokenizer(fields: dict[str, Any]) -> Any:
     )
 
     model = fields.get("tokenizer.ggml.model")
+    if model is None:
+        raise UsageError("the GGUF file has no tokenizer (tokenizer.ggml.* keys)")
     if model != "gpt2":
         raise UsageError(
             f"the GGUF tokenizer is {model!r}; nanochat imports byte-level BPE ('gpt2') ones"

@@ -75,7 +75,8 @@ def read_hf_folder(folder: Path) -> HFContents:
         except (SafetensorError, OSError, ValueError) as exc:
             raise UsageError(f"weights {file} are corrupt: {exc}") from None
         for name, tensor in tensors.items():
-            state[name.removeprefix("model.")] = tensor.float()
+            if "rotary_emb" not in name:  # old exports saved the rotary frequencies
+                state[name.removeprefix("model.")] = tensor.float()
     n_head = int(hf["num_attention_heads"])
     n_embd = int(hf["hidden_size"])
     tied = bool(hf.get("tie_word_embeddings", False))

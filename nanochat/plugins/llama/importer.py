@@ -71,7 +71,7 @@ def read_pretrained(path: Path, sequence_len: int = 1024, max_context: int = 204
 
         hf = read_hf_folder(path)
         read, state, types, fmt = hf.config, hf.state, {}, "hf"
-        tokenizer = hf_tokenizer(path)
+        tok = hf_tokenizer(path) if tokenizer else None
     else:
         with open(path, "rb") as handle:
             magic = handle.read(4)
@@ -81,11 +81,11 @@ def read_pretrained(path: Path, sequence_len: int = 1024, max_context: int = 204
 
         contents = read_gguf(path)
         read, state, types, fmt = contents.config, contents.state, contents.tensor_types, "gguf"
-        tokenizer = gguf_tokenizer(contents.fields)
+        tok = gguf_tokenizer(contents.fields) if tokenizer else None
     config = model_config(read, sequence_len, max_context)
-    if tokenizer.vocab_size != config["vocab_size"]:
+    if tok is not None and tok.vocab_size != config["vocab_size"]:
         raise UsageError(
-            f"{path}: the tokenizer has {tokenizer.vocab_size} ids but the embedding "
+            f"{path}: the tokenizer has {tok.vocab_size} ids but the embedding "
             f"{config['vocab_size']} rows"
         )
     with torch.device("meta"):
@@ -97,7 +97,7 @@ def read_pretrained(path: Path, sequence_len: int = 1024, max_context: int = 204
         raise UsageError(f"{path}: the tensors do not fit a Llama: {' '.join(first[:3])}") from None
     cos, sin = model._tables(torch.device("cpu"))
     model.cos, model.sin = cos, sin
-    return Imported(model, tokenizer, fmt, types)
+    return Imported(model, tok, fmt, types)
 
 
 class ImportStage:

@@ -29,7 +29,7 @@ class Imported:
     """A pretrained model read from disk, as this plugin's model and tokenizer."""
 
     model: Llama
-    tokenizer: Any
+    tokenizer: Any | None
     source_format: str
     tensor_types: dict[str, str]
 
@@ -58,8 +58,11 @@ def model_config(read: dict[str, Any], sequence_len: int, max_context: int) -> d
     return cfg.to_dict()
 
 
-def read_pretrained(path: Path, sequence_len: int = 1024, max_context: int = 2048) -> Imported:
-    """Read a GGUF file or a HF Llama folder into a model and its tokenizer.
+def read_pretrained(
+    path: Path, sequence_len: int = 1024, max_context: int = 2048, tokenizer: bool = True
+) -> Imported:
+    """Read a GGUF file or a HF Llama folder into a model and its tokenizer (None when
+    ``tokenizer`` is False: the weights alone).
 
     Raises:
         UsageError: the path is missing, of an unknown kind, or holds an unsupported model.
@@ -125,23 +128,24 @@ class ImportStage:
                 "import makes llama models: pass --model llama (or use nanochat import)"
             )
         imported = read_pretrained(Path(o.path).expanduser(), o.sequence_len, o.max_context)
-        model = imported.model
+        model, tokenizer = imported.model, imported.tokenizer
+        assert tokenizer is not None  # read with its tokenizer
         if ctx.is_main:
-            ctx.save_tokenizer(imported.tokenizer)
+            ctx.save_tokenizer(tokenizer)
             meta = {
                 "model_config": model.config.to_dict(),
                 **ctx.model_record(),
-                "tokenizer_vocab_size": imported.tokenizer.vocab_size,
+                "tokenizer_vocab_size": tokenizer.vocab_size,
                 "stage": ctx.stage_name,
                 "imported_from": str(Path(o.path).expanduser().resolve()),
                 "tensor_types": sorted(set(imported.tensor_types.values())),
             }
             ctx.checkpoints.save(0, model.state_dict(), meta=meta)
-        fmt = getattr(imported.tokenizer, "chat_format", None)
+        fmt = getattr(tokenizer, "chat_format", None)
         result = {
             "format": imported.source_format,
             "params": model.num_params(),
-            "vocab_size": imported.tokenizer.vocab_size,
+            "vocab_size": tokenizer.vocab_size,
             "chat_format": fmt.name if fmt is not None else None,
             "tensor_types": sorted(set(imported.tensor_types.values())),
         }

@@ -96,7 +96,7 @@ def _dequantize(tensor: Any) -> np.ndarray:
             raise UsageError(
                 f"tensor {tensor.name} is {kind.name}, which gguf cannot dequantise"
             ) from None
-    return np.ascontiguousarray(values.reshape(shape), dtype=np.float32)
+    return np.array(values.reshape(shape), dtype=np.float32, copy=True)  # writable, owned
 
 
 def read_gguf(path: Path) -> GGUFContents:

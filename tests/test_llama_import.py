@@ -271,15 +271,17 @@ def test_sft_fine_tunes_the_imported_model(smol_home: Path, tmp_path: Path) -> N
     shutil.copytree(smol_home, home)
     args = ["run", "sft", "--model", "llama", "--run", "smol"]
     options = [
+        "sft.mixture=identity:4",  # short conversations without tool calls (ChatML has none)
+        "sft.val_mixture=identity",
         "sft.max_steps=20",
         "sft.device_batch_size=2",
         "sft.eval_every=20",
         "sft.eval_conversations=8",
-        "sft.sample_tokens=0",
-        "sft.matrix_lr=0.002",
-        "sft.embedding_lr=0.002",
-        "sft.unembedding_lr=0.002",
-        "sft.scalar_lr=0.002",
+        "sft.sample_tokens=1",
+        "sft.matrix_lr=0.0002",  # AdamW (recorded by `nanochat import`) at fine-tuning rates
+        "sft.embedding_lr=0.0001",
+        "sft.unembedding_lr=0.0001",
+        "sft.scalar_lr=0.0001",
     ]
     result = run_cli([*args, *[a for o in options for a in ("-o", o)]], home, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -292,6 +294,8 @@ def test_sft_fine_tunes_the_imported_model(smol_home: Path, tmp_path: Path) -> N
     assert result["val_loss"] < result["base_val_loss"], result
     newest = sorted((run_dir / "sft" / "checkpoints").glob("step_*"))[-1]
     meta = json.loads((newest / "meta.json").read_text())
+    record = json.loads((run_dir / "pipeline.json").read_text())
+    assert "model.optimizer=adamw" in record["overrides"]
     assert meta["model"]["qualified_name"] == "nanochat/llama"
     chat = run_cli(
         ["chat", "--run", "smol", "-p", "Hello!", "--temperature", "0", "--max-tokens", "8"], home

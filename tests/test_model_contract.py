@@ -71,8 +71,14 @@ BUILTIN_MODELS = {
     "llama-gqa-tied": LlamaOptions(
         depth=2, n_embd=64, head_dim=16, n_kv_head=2, sequence_len=32, tie_embeddings=True
     ),
-    "llama-rope-base": LlamaOptions(
-        depth=1, n_embd=64, head_dim=32, sequence_len=32, rope_theta=100000.0, vocab_multiple=1
+    "llama-rope-base-adamw": LlamaOptions(
+        depth=1,
+        n_embd=64,
+        head_dim=32,
+        sequence_len=32,
+        rope_theta=100000.0,
+        vocab_multiple=1,
+        optimizer="adamw",
     ),
 }
 

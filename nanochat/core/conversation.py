@@ -104,7 +104,11 @@ def _marker_ids(tokenizer: Any, name: str) -> list[int]:
     fmt = chat_format(tokenizer)
     if fmt is not None:
         if name not in fmt.markers:
-            raise DataError(f"the chat format {fmt.name} has no {name} (no such turn or tool call)")
+            raise DataError(
+                f"the chat format {fmt.name} has no {name}: conversations with tool calls need "
+                "nanochat's special tokens (train on a mixture without them, e.g. "
+                "-o sft.mixture=identity:4,demo-chat:0.2 -o sft.val_mixture=identity)"
+            )
         text = fmt.markers[name]
         return list(tokenizer.encode(text, allowed_special="all")) if text else []
     try:

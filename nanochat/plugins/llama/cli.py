@@ -36,6 +36,7 @@ def import_command(path: Path, run_name: str, overrides: tuple[str, ...]) -> Non
     if not path.exists():
         raise UsageError(f"{path} does not exist")
     reg = registry_module.get_registry()
-    options = [f"import.path={path.resolve()}", *overrides]
+    # AdamW for fine-tuning: recorded with the run, so later stages use it too
+    options = [f"import.path={path.resolve()}", "model.optimizer=adamw", *overrides]
     plan = cli_plan(reg, ["import"], run_name, None, options, "llama", "pretrained", (), "cpu")
     run_pipeline(plan, reg, None)

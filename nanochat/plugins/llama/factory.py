@@ -76,14 +76,15 @@ class LlamaFactory:
         return model
 
     def optimizers(self, model: Llama, settings: OptimizerSettings) -> list[torch.optim.Optimizer]:
-        """Muon for the blocks' matrices, AdamW for embedding, head and norm gains.
+        """Muon for the blocks' matrices, AdamW for embedding, head and norm gains (with
+        ``optimizer="adamw"``: AdamW for the matrices too, at ``matrix_lr``, unscaled).
 
         The AdamW learning rates are given at width 768 and scaled by ``sqrt(768 / n_embd)``;
         weight decay applies to matrices and embeddings, not to the gains. A tied embedding is
         trained at the embedding learning rate.
 
         Returns:
-            ``[adamw, muon]``, every group with ``initial_lr``.
+            ``[adamw, muon]`` (``[adamw]``), every group with ``initial_lr``.
         """
         s = settings
         groups = model.parameter_groups()
@@ -101,15 +102,23 @@ class LlamaFactory:
             ),
             dict(params=groups["scalar"], lr=s.scalar_lr * width_scale, weight_decay=0.0),
         ]
+        if self.options.optimizer == "adamw":
+            matrices = dict(params=groups["matrix"], lr=s.matrix_lr, weight_decay=s.weight_decay)
+            adam_groups.insert(0, matrices)
         adam_groups = [g for g in adam_groups if g["params"]]
         fused = all(p.is_cuda for g in adam_groups for p in g["params"])
         adamw = torch.optim.AdamW(adam_groups, betas=ADAMW_BETAS, eps=ADAMW_EPS, fused=fused)
-        muon = Muon(groups["matrix"], lr=s.matrix_lr, momentum=0.95, weight_decay=s.weight_decay)
-        for opt in (adamw, muon):
+        optimizers: list[torch.optim.Optimizer] = [adamw]
+        if self.options.optimizer == "muon":
+            muon = Muon(
+                groups["matrix"], lr=s.matrix_lr, momentum=0.95, weight_decay=s.weight_decay
+            )
+            optimizers.append(muon)
+        for opt in optimizers:
             opt.defaults["world_size"] = s.world_size
             for group in opt.param_groups:
                 group["initial_lr"] = group["lr"]
-        return [adamw, muon]
+        return optimizers
 
     def export_formats(self) -> tuple[str, ...]:
         """The formats :meth:`export` writes."""

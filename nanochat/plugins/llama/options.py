@@ -24,6 +24,9 @@ class LlamaOptions:
         rms_norm_eps: epsilon of RMSNorm.
         tie_embeddings: share the token embedding with the output head.
         vocab_multiple: the embedding and head are padded to a multiple of this many rows.
+        optimizer: ``muon``: Muon for the blocks' matrices, AdamW for the rest (training from
+            scratch); ``adamw``: AdamW for every parameter, the matrices at ``matrix_lr``
+            (fine-tuning a pretrained model: ``nanochat import`` records this choice).
     """
 
     depth: int = option(4, ge=1, le=1024)
@@ -37,6 +40,7 @@ class LlamaOptions:
     rms_norm_eps: float = option(1e-5, gt=0)
     tie_embeddings: bool = False
     vocab_multiple: int = option(64, ge=1)
+    optimizer: str = option("muon", choices=("muon", "adamw"))
 
 
 @dataclass

@@ -274,9 +274,9 @@ def test_sft_fine_tunes_the_imported_model(smol_home: Path, tmp_path: Path) -> N
         "sft.mixture=identity:4",  # short conversations without tool calls (ChatML has none)
         "sft.val_mixture=identity",
         "sft.max_steps=20",
-        "sft.device_batch_size=2",
+        "sft.device_batch_size=1",
         "sft.eval_every=20",
-        "sft.eval_conversations=8",
+        "sft.eval_conversations=4",
         "sft.sample_tokens=1",
         "sft.matrix_lr=0.0002",  # AdamW (recorded by `nanochat import`) at fine-tuning rates
         "sft.embedding_lr=0.0001",
@@ -301,7 +301,7 @@ def test_sft_fine_tunes_the_imported_model(smol_home: Path, tmp_path: Path) -> N
         ["chat", "--run", "smol", "-p", "Hello!", "--temperature", "0", "--max-tokens", "8"], home
     )
     assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr[-2000:]
-    server = ServerProcess(["--workers", "1", "--max-batch", "2"], home, [], run="smol")
+    server = ServerProcess(["--workers", "1", "--max-batch", "1"], home, [], run="smol")
     try:
         server.wait_ready()
         assert f"sft/{newest.name}" in server.log

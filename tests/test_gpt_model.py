@@ -288,8 +288,10 @@ def test_optimizers_cover_every_parameter_once() -> None:
 def test_registered_and_options_do_not_import_torch() -> None:
     code = (
         "import sys; import nanochat.plugins.builtin as b; "
-        "[s] = b.nanochat_register_models(); "
+        "[s, l] = b.nanochat_register_models(); "
         "assert s.name == 'gpt' and s.options.__name__ == 'GPTOptions'; "
+        "assert l.name == 'llama' and l.options.__name__ == 'LlamaOptions'; "
+        "b.nanochat_register_stages(); b.nanochat_register_tokenizers(); "
         "assert 'torch' not in sys.modules; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

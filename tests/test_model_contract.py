@@ -11,6 +11,8 @@ import pytest
 from conftest import run_cli
 
 from nanochat.core.registry import Registry
+from nanochat.plugins.gpt.options import GPTOptions
+from nanochat.plugins.llama.options import LlamaOptions
 from nanochat.testing import model_contract
 
 SMALL_RUN = [
@@ -59,6 +61,54 @@ def test_every_registered_model_passes_the_contract(registry_with_gru: Registry)
         factory = registry_with_gru.create("model", resolved.qualified_name)
         facts = model_contract.check_model_factory(factory)
         assert facts["params"] > 0, resolved.qualified_name
+
+
+# Small shapes of every built-in model, with the variants their options allow (GQA, tied head).
+BUILTIN_MODELS = {
+    "gpt": GPTOptions(depth=2, aspect_ratio=32, head_dim=16, sequence_len=32),
+    "gpt-gqa": GPTOptions(depth=2, aspect_ratio=32, head_dim=16, n_kv_head=2, sequence_len=32),
+    "llama": LlamaOptions(depth=2, n_embd=64, head_dim=16, sequence_len=32),
+    "llama-gqa-tied": LlamaOptions(
+        depth=2, n_embd=64, head_dim=16, n_kv_head=2, sequence_len=32, tie_embeddings=True
+    ),
+    "llama-rope-base-adamw": LlamaOptions(
+        depth=1,
+        n_embd=64,
+        head_dim=32,
+        sequence_len=32,
+        rope_theta=100000.0,
+        vocab_multiple=1,
+        optimizer="adamw",
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(BUILTIN_MODELS))
+def test_builtin_model_contract(variant: str, tmp_path: Path) -> None:
+    """Build, forward, cached generation equals uncached (logits and greedy tokens), parameter
+    groups cover every parameter once, and a checkpoint save/load round trip, for each model."""
+    name = variant.split("-")[0]
+    factory = Registry.load().create("model", name, BUILTIN_MODELS[variant])
+    facts = model_contract.check_model_factory(factory, tmp_path)
+    assert facts["params"] > 0 and facts["max_context"] >= facts["sequence_len"]
+    assert (tmp_path / "step_00000003" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["gpt", "llama"])
+def test_the_contract_catches_a_missing_group(name: str) -> None:
+    """A factory whose optimizers leave a parameter out fails the contract."""
+    factory = Registry.load().create("model", name)
+    model = model_contract.build_small(factory)
+    plain = factory.optimizers
+
+    def drop_one(model, settings):  # the last optimizer loses its last parameter
+        optimizers = plain(model, settings)
+        optimizers[-1].param_groups[-1]["params"].pop()
+        return optimizers
+
+    factory.optimizers = drop_one
+    with pytest.raises(AssertionError, match="no group"):
+        model_contract.check_optimizers(factory, model)
 
 
 def test_the_contract_catches_a_broken_cache(registry_with_gru: Registry) -> None:

@@ -391,7 +391,8 @@ def test_validate_plan_checks_third_party_options_and_presets() -> None:
         plan_run(reg, ["bad-default"], "ok")
     validate_plan(plan_run(reg, ["bad-default"], "ok", overrides=["bad-default.size=2"]))
     with pytest.raises(UsageError, match=r"option model\.depth=0 is out of range"):
-        validate_plan(plan_run(reg, ["tp"], "ok", overrides=["model.depth=0"]))
+        # two built-in models (gpt, llama): the run names one
+        validate_plan(plan_run(reg, ["tp"], "ok", overrides=["model.depth=0"], model="gpt"))
 
 
 def test_cli_checks_final_options_of_a_third_party_plugin(

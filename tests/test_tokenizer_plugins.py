@@ -13,11 +13,24 @@ from nanochat.core.registry import Registry
 from nanochat.testing import tokenizer_contract as contract
 
 REGISTRY = Registry.load()
-TOKENIZERS = [item.spec.name for item in REGISTRY.components("tokenizer")]
+# Trainable tokenizers pass the whole contract; `pretrained` comes with imported weights
+# (tests/test_llama_import.py checks it against HF `tokenizers`).
+TOKENIZERS = [
+    item.spec.name
+    for item in REGISTRY.components("tokenizer")
+    if item.spec.extra.get("trainable", True)
+]
 
 
 def test_builtin_tokenizers_are_registered() -> None:
     assert {"rustbpe", "hf-bpe"} <= set(TOKENIZERS)
+    assert "pretrained" in {item.spec.name for item in REGISTRY.components("tokenizer")}
+
+
+def test_an_untrainable_tokenizer_says_so(tmp_path: Path) -> None:
+    result = run_cli(["run", "tokenizer", "--run", "t", "--tokenizer", "pretrained"], tmp_path)
+    assert result.returncode != 0
+    assert "cannot be trained" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.fixture(scope="module", params=TOKENIZERS)

@@ -369,11 +369,12 @@ def eval_command(
 
 
 def _add_commands() -> None:
-    from nanochat.core.cli_models import chat_command, serve_command
+    from nanochat.core.cli_models import chat_command, export_command, serve_command
     from nanochat.core.cli_report import report_command
     from nanochat.core.cli_speedrun import speedrun_command
 
-    for command in (chat_command, serve_command, speedrun_command, report_command):
+    commands = (chat_command, serve_command, export_command, speedrun_command, report_command)
+    for command in commands:
         cli.add_command(command)
 
 

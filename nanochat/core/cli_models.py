@@ -1,8 +1,10 @@
-"""``nanochat chat`` and ``nanochat serve``: talk to a run's chat model, or serve it over HTTP."""
+"""``nanochat chat``, ``serve`` and ``export``: talk to a run's chat model, serve it over HTTP, or
+write it in another tool's format."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -140,3 +142,33 @@ def serve_command(
     options = server_overrides(server_name, flags, overrides)
     reg = registry_module.get_registry()
     serve_run(reg, server_name, run_name, options, defaults=DEFAULT_COMPONENTS)
+
+
+@click.command("export", context_settings={"show_default": True})
+@click.argument("out", type=click.Path(path_type=Path))
+@single_option("--run", "run_name", default="default", help="Run whose model to export.")
+@single_option(
+    "--format",
+    "fmt",
+    required=True,
+    help="Format the model plugin writes: llama writes hf and gguf, gpt writes hf.",
+)
+@single_option(
+    "--source",
+    default=None,
+    help="Stage whose newest checkpoint to export (a name or unique prefix); default: the "
+    "run's newest model.",
+)
+def export_command(out: Path, run_name: str, fmt: str, source: str | None) -> None:
+    """Export a run's newest model and its tokenizer to OUT in another tool's format.
+
+    `--format hf` writes a Hugging Face folder (a llama run loads with transformers'
+    LlamaForCausalLM); `--format gguf` writes a GGUF file (llama runs).
+    """
+    from nanochat.core.export import export_run
+
+    written = export_run(
+        registry_module.get_registry(), run_name, fmt, out, source, DEFAULT_COMPONENTS
+    )
+    for path in written:
+        click.echo(str(path))

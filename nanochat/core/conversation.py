@@ -15,12 +15,17 @@ A system message is rendered between ``<|system_start|>`` and ``<|system_end|>``
 the tokenizer has those tokens; otherwise its text is merged into the first user turn, followed
 by a blank line. Truncation to a maximum length is explicit: :func:`render_conversation` reports
 how many ids it dropped, and :func:`render_for_completion` raises rather than cut a prompt.
+
+A tokenizer that came with a pretrained model may carry that model's own template as a
+:class:`ChatFormat` (its ``chat_format`` attribute): each marker above is then rendered as the
+format's text for it (e.g. ChatML's ``<|im_start|>user\n``), through this same code, with the
+same masks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from nanochat.core import special_tokens as st
@@ -54,15 +59,67 @@ class Rendered:
         return sum(self.mask)
 
 
-def _special(tokenizer: Any, name: str) -> int:
+@dataclass(frozen=True)
+class ChatFormat:
+    """A model's own chat template, as the text each of nanochat's markers stands for.
+
+    A tokenizer that carries one (attribute ``chat_format``) renders every marker of a
+    conversation (``<|user_start|>``, ``<|assistant_end|>``, ...) as ``markers[name]``, encoded
+    with the tokenizer's own special tokens allowed; a marker the format lacks (e.g. the tool
+    markers) cannot be rendered. The engine still stops on ``special_tokens[<|assistant_end|>]``,
+    so a tokenizer with a format maps that name to the id that ends a reply.
+
+    Attributes:
+        name: the format's name (``chatml``).
+        markers: nanochat marker name to the text it renders as ("" renders nothing).
+        default_system: a system message used when a conversation has none (the template's own).
+    """
+
+    name: str
+    markers: Mapping[str, str] = field(default_factory=dict)
+    default_system: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The format as JSON-serialisable data (saved with the tokenizer)."""
+        return {
+            "name": self.name,
+            "markers": dict(self.markers),
+            "default_system": self.default_system,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChatFormat:
+        """The format :meth:`to_dict` wrote."""
+        return cls(str(data["name"]), dict(data["markers"]), data.get("default_system"))
+
+
+def chat_format(tokenizer: Any) -> ChatFormat | None:
+    """The tokenizer's own chat format, or None for nanochat's special tokens."""
+    fmt = getattr(tokenizer, "chat_format", None)
+    return fmt if isinstance(fmt, ChatFormat) else None
+
+
+def _marker_ids(tokenizer: Any, name: str) -> list[int]:
+    """The ids marker ``name`` renders as: one special token, or the chat format's text."""
+    fmt = chat_format(tokenizer)
+    if fmt is not None:
+        if name not in fmt.markers:
+            raise DataError(
+                f"the chat format {fmt.name} has no {name}: conversations with tool calls need "
+                "nanochat's special tokens (train on a mixture without them, e.g. "
+                "-o sft.mixture=identity:4,demo-chat:0.2 -o sft.val_mixture=identity)"
+            )
+        text = fmt.markers[name]
+        return list(tokenizer.encode(text, allowed_special="all")) if text else []
     try:
-        return int(tokenizer.special_tokens[name])
+        return [int(tokenizer.special_tokens[name])]
     except KeyError:
         raise DataError(f"the tokenizer has no special token {name}") from None
 
 
 def _has_system_tokens(tokenizer: Any) -> bool:
-    specials = tokenizer.special_tokens
+    fmt = chat_format(tokenizer)
+    specials = fmt.markers if fmt is not None else tokenizer.special_tokens
     return st.SYSTEM_START in specials and st.SYSTEM_END in specials
 
 
@@ -73,6 +130,9 @@ def _segments(tokenizer: Any, conversation: Conversation) -> list[tuple[str, str
         raise DataError("cannot render an empty conversation")
     pieces: list[tuple[str, str | int, int]] = [("special", st.BOS, 0)]
     system: str | None = None
+    fmt = chat_format(tokenizer)
+    if messages[0]["role"] != "system" and fmt is not None and fmt.default_system is not None:
+        messages = [{"role": "system", "content": fmt.default_system}, *messages]
     if messages[0]["role"] == "system":
         system = str(messages[0]["content"])
         messages = messages[1:]
@@ -118,7 +178,7 @@ def _assemble(tokenizer: Any, pieces: Sequence[tuple[str, str | int, int]]) -> R
     ids: list[int] = []
     mask: list[int] = []
     for kind, payload, bit in pieces:
-        new = [_special(tokenizer, str(payload))] if kind == "special" else next(encoded)
+        new = _marker_ids(tokenizer, str(payload)) if kind == "special" else next(encoded)
         ids += new
         mask += [bit] * len(new)
     return Rendered(ids, mask)
@@ -172,7 +232,7 @@ def render_for_completion(
     if not messages or messages[-1]["role"] == "assistant":
         raise DataError("a conversation to complete needs a user turn")
     rendered = _assemble(tokenizer, _segments(tokenizer, messages))
-    ids = [*rendered.ids, _special(tokenizer, st.ASSISTANT_START)]
+    ids = [*rendered.ids, *_marker_ids(tokenizer, st.ASSISTANT_START)]
     if max_tokens is not None and len(ids) > max_tokens:
         raise ConversationTooLong(
             f"the prompt has {len(ids)} tokens, more than the {max_tokens} allowed"

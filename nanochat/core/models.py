@@ -181,3 +181,17 @@ class ModelFactory(Protocol):
         group's ``lr`` as ``initial_lr * schedule(step)`` and steps each optimizer in order.
         """
         ...
+
+
+@runtime_checkable
+class ExportingModelFactory(Protocol):
+    """A model factory that can also write its models in other tools' formats (optional)."""
+
+    def export_formats(self) -> tuple[str, ...]:
+        """The format names :meth:`export` accepts (e.g. ``hf``, ``gguf``)."""
+        ...
+
+    def export(self, model: Any, tokenizer: Any, fmt: str, out: Any) -> list[Any]:
+        """Write ``model`` (built by this factory) and the run's ``tokenizer`` to ``out`` (a
+        path) in format ``fmt``; return the paths written."""
+        ...

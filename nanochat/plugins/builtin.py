@@ -1,11 +1,15 @@
-"""The plugin of the ``nanochat`` distribution: the built-in loggers, tokenizers, model, tools
-and chat server. It goes through the same entry-point door as any third-party plugin."""
+"""The plugin of the ``nanochat`` distribution: the built-in loggers, tokenizers, models, tools,
+chat server and the ``import`` stage and command. It goes through the same entry-point door as
+any third-party plugin."""
 
 from __future__ import annotations
+
+import click
 
 from nanochat.core.components import ComponentSpec
 from nanochat.core.hookspecs import hookimpl
 from nanochat.plugins.gpt.options import GPTOptions
+from nanochat.plugins.llama.options import ImportOptions, LlamaOptions
 from nanochat.plugins.loggers.options import ConsoleOptions, JsonlOptions, WandbOptions
 from nanochat.plugins.server.options import ServerOptions
 from nanochat.plugins.tokenizers.options import TokenizerOptions
@@ -42,7 +46,8 @@ def nanochat_register_loggers() -> list[ComponentSpec]:
 
 @hookimpl
 def nanochat_register_tokenizers() -> list[ComponentSpec]:
-    """`rustbpe` (nanochat's Rust BPE, the default) and `hf-bpe` (HF tokenizers)."""
+    """`rustbpe` (nanochat's Rust BPE, the default), `hf-bpe` (HF tokenizers) and `pretrained`
+    (an imported model's own tokenizer)."""
     return [
         ComponentSpec(
             kind="tokenizer",
@@ -58,12 +63,20 @@ def nanochat_register_tokenizers() -> list[ComponentSpec]:
             summary="byte-level BPE trained and run by Hugging Face `tokenizers`",
             options=TokenizerOptions,
         ),
+        ComponentSpec(
+            kind="tokenizer",
+            name="pretrained",
+            factory="nanochat.plugins.tokenizers.pretrained:PretrainedFactory",
+            summary="an imported model's own BPE and chat format (made by `nanochat import`)",
+            options=TokenizerOptions,
+            extra={"trainable": False},
+        ),
     ]
 
 
 @hookimpl
 def nanochat_register_models() -> list[ComponentSpec]:
-    """The GPT model (rotary, QK-norm, relu², GQA, softcap; Muon + AdamW)."""
+    """The GPT model (rotary, QK-norm, relu², GQA, softcap; Muon + AdamW) and the Llama."""
     return [
         ComponentSpec(
             kind="model",
@@ -71,6 +84,13 @@ def nanochat_register_models() -> list[ComponentSpec]:
             factory="nanochat.plugins.gpt.factory:GPTFactory",
             summary="nanochat GPT: rotary, QK-norm, relu² MLP, GQA, logit softcap; Muon + AdamW",
             options=GPTOptions,
+        ),
+        ComponentSpec(
+            kind="model",
+            name="llama",
+            factory="nanochat.plugins.llama.factory:LlamaFactory",
+            summary="Llama: RMSNorm, rotary (HF layout), GQA, SwiGLU, optional tied embeddings",
+            options=LlamaOptions,
         ),
     ]
 
@@ -101,3 +121,27 @@ def nanochat_register_servers() -> list[ComponentSpec]:
             options=ServerOptions,
         ),
     ]
+
+
+@hookimpl
+def nanochat_register_stages() -> list[ComponentSpec]:
+    """The ``import`` stage: pretrained weights (GGUF, Hugging Face) become a llama run."""
+    return [
+        ComponentSpec(
+            kind="stage",
+            name="import",
+            factory="nanochat.plugins.llama.importer:ImportStage",
+            summary="import a GGUF file or a Hugging Face Llama folder with its tokenizer",
+            options=ImportOptions,
+            extra={"report_label": "IMPORT"},
+            produces=("model", "chat", "tokenizer"),
+        ),
+    ]
+
+
+@hookimpl
+def nanochat_register_commands(cli: click.Group) -> None:
+    """Adds ``nanochat import PATH --run NAME``."""
+    from nanochat.plugins.llama.cli import import_command
+
+    cli.add_command(import_command)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from nanochat.core.checkpoint import CheckpointManager
 from nanochat.core.models import GenerationCache, Model, ModelFactory, OptimizerSettings
 
 VOCAB_SIZE = 97  # deliberately not a multiple of anything
@@ -126,6 +129,42 @@ def check_state_dict_round_trip(factory: ModelFactory, model: Model) -> None:
     torch.testing.assert_close(other(idx), model(idx))
 
 
+def check_checkpoint_round_trip(factory: ModelFactory, model: Model, directory: Path) -> None:
+    """Saved as a nanochat checkpoint (safetensors + JSON config) and rebuilt from the saved
+    config alone, the model gives the same logits; its config survives the trip unchanged."""
+    config = factory.config(VOCAB_SIZE)
+    manager = CheckpointManager(Path(directory))
+    manager.save(3, model.state_dict(), meta={"model_config": config})
+    loaded = manager.load()
+    assert loaded.step == 3 and loaded.meta["model_config"] == config, "config changed on disk"
+    other = factory.build(loaded.meta["model_config"])
+    other.load_state_dict(loaded.model_state())
+    other.eval()
+    idx = _batch(model)
+    with torch.no_grad():
+        torch.testing.assert_close(other(idx), model(idx))
+
+
+@torch.no_grad()
+def check_greedy_generation(model: Model, new_tokens: int = 6) -> None:
+    """Greedy decoding through the cache (one prefill, then one token per step) picks the same
+    tokens as recomputing the whole sequence at every step."""
+    prompt = _batch(model, rows=1, length=5)
+    new_tokens = min(new_tokens, model.sequence_len - prompt.size(1))
+    cache = model.new_cache(1, prompt.size(1) + new_tokens)
+    logits = model.forward_cached(prompt, cache)[:, -1]
+    cached, plain = [], prompt
+    for _ in range(new_tokens):
+        token = logits.argmax(-1, keepdim=True)
+        cached.append(int(token))
+        reference = model(plain)[:, -1]
+        assert int(reference.argmax(-1)) == int(token), "cached and uncached greedy tokens differ"
+        torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+        plain = torch.cat([plain, token], dim=1)
+        logits = model.forward_cached(token, cache)[:, -1]
+    assert len(cached) == new_tokens
+
+
 def _check_cache(cache: GenerationCache, rows: int) -> None:
     assert isinstance(cache, GenerationCache), "new_cache() must return a GenerationCache"
     assert cache.batch_size == rows
@@ -192,8 +231,13 @@ def check_cache_rows(model: Model) -> None:
         torch.testing.assert_close(out[row], alone, rtol=1e-4, atol=1e-4)
 
 
-def check_model_factory(factory: ModelFactory) -> dict[str, Any]:
-    """Run every check on a model built by ``factory``; return a few facts about it."""
+def check_model_factory(factory: ModelFactory, directory: Path | None = None) -> dict[str, Any]:
+    """Run every check on a model built by ``factory``; return a few facts about it.
+
+    Args:
+        factory: what the model spec's factory returned (with small options).
+        directory: where the checkpoint check writes (a temporary folder when None).
+    """
     assert isinstance(factory, ModelFactory), "the factory lacks config/build/optimizers"
     model = build_small(factory)
     model.eval()
@@ -201,7 +245,13 @@ def check_model_factory(factory: ModelFactory) -> dict[str, Any]:
     check_causal(model)
     check_flops(model)
     check_state_dict_round_trip(factory, model)
+    if directory is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            check_checkpoint_round_trip(factory, model, Path(tmp))
+    else:
+        check_checkpoint_round_trip(factory, model, directory)
     check_generation_cache(model)
+    check_greedy_generation(model)
     model.train()
     check_backward(model)
     check_optimizers(factory, model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,3 +115,19 @@ class GPTFactory:
             for group in opt.param_groups:
                 group["initial_lr"] = group["lr"]
         return [adamw, muon]
+
+    def export_formats(self) -> tuple[str, ...]:
+        """The formats :meth:`export` writes: ``hf`` (safetensors + config + tokenizer)."""
+        return ("hf",)
+
+    def export(self, model: GPT, tokenizer: Any, fmt: str, out: Path) -> list[Path]:
+        """Write ``model`` and ``tokenizer`` to the folder ``out`` (see :mod:`.export`).
+
+        Raises:
+            ValueError: ``fmt`` is not ``hf``.
+        """
+        if fmt != "hf":
+            raise ValueError(f"gpt exports to hf only, not {fmt!r}")
+        from nanochat.plugins.gpt.export import export_gpt
+
+        return export_gpt(model, tokenizer, out)

@@ -195,12 +195,17 @@ class TrainingLoop:
 
     def _initial_checkpoint(self) -> Checkpoint | None:
         """Where a fresh start begins: the newest checkpoint of the recipe's ``init_from``
-        stages, else nothing (from scratch)."""
+        stages, else the run's newest model (e.g. one made by an ``import`` stage), else
+        nothing (from scratch, for a recipe without ``init_from``)."""
         for stage in self.recipe.init_from:
             checkpoint = self.ctx.stage_checkpoints(stage).latest()
             if checkpoint is not None:
                 return checkpoint
         if self.recipe.init_from:
+            try:
+                return self.ctx.newest_model_checkpoint("model")
+            except StageError:
+                pass
             names = " or ".join(f"`{s}`" for s in self.recipe.init_from)
             raise StageError(
                 f"{self.ctx.stage_name} continues from {names}, but run "

@@ -10,6 +10,7 @@ read: attention masks every key beyond the querying token's position.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -142,3 +143,51 @@ class KVCache:
             self._positions += new_tokens
         else:
             self._positions[rows] += new_tokens
+
+
+@dataclass
+class CachedPass:
+    """What every attention layer needs during one cached forward pass."""
+
+    cache: KVCache
+    positions: torch.Tensor  # (B, T) position of each new token
+    length: int  # key slots to read per row
+    # (B, 1, T, length): key j visible to the token at position p if j <= p; None when that is
+    # plain causal attention (``causal``) or every key is visible (one new token, shared position)
+    mask: torch.Tensor | None
+    causal: bool
+    rows: torch.Tensor | None  # the cache rows of the batch's lines (None: all, in order)
+    start: int | None  # the rows' common first position, when they share one
+
+
+def begin_cached_pass(
+    cache: KVCache,
+    idx: torch.Tensor,
+    rows: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    max_context: int,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], CachedPass]:
+    """Before a cached pass of ``idx`` (``B, T``) over ``rows`` of ``cache``: the rotary tables
+    ``cos``/``sin`` (``1, L, 1, D/2``) at the new tokens' positions, and the pass's attention
+    inputs (positions, keys to read, mask).
+
+    Raises:
+        ValueError: the rows would exceed ``max_context`` or the cache's length.
+    """
+    T = idx.size(1)
+    if rows is not None:
+        rows = rows.to(idx.device)
+    positions, length, start = cache.prepare(T, idx.device, rows)
+    if length > max_context:
+        raise ValueError(f"sequence of {length} tokens exceeds the context {max_context}")
+    if start is None:
+        cos_sin = cos[0][positions], sin[0][positions]  # (B, T, 1, D/2)
+    else:
+        cos_sin = cos[:, start : start + T], sin[:, start : start + T]
+    causal = start == 0 and T > 1  # fresh rows: plain causal attention over the new tokens
+    mask = None
+    if not causal and not (start is not None and T == 1):
+        keys = torch.arange(length, device=idx.device)
+        mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, length)
+    return cos_sin, CachedPass(cache, positions, length, mask, causal, rows, start)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nanochat.plugins.gpt.kv_cache import KVCache
+from nanochat.plugins.gpt.kv_cache import CachedPass, KVCache, begin_cached_pass
 
 ROTARY_BASE = 10000.0
 ROTARY_LEN_FACTOR = 10  # rotary tables cover this many times sequence_len (for generation)
@@ -83,21 +83,6 @@ def norm(x: torch.Tensor) -> torch.Tensor:
         eps = torch.finfo(x.dtype).eps
         return x * torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))
     return F.rms_norm(x, (x.size(-1),))
-
-
-@dataclass
-class CachedPass:
-    """What every attention layer needs during one :meth:`GPT.forward_cached` call."""
-
-    cache: KVCache
-    positions: torch.Tensor  # (B, T) position of each new token
-    length: int  # key slots to read per row
-    # (B, 1, T, length): key j visible to the token at position p if j <= p; None when that is
-    # plain causal attention (``causal``) or every key is visible (one new token, shared position)
-    mask: torch.Tensor | None
-    causal: bool
-    rows: torch.Tensor | None  # the cache rows of the batch's lines (None: all, in order)
-    start: int | None  # the rows' common first position, when they share one
 
 
 def rotary_tables(
@@ -328,25 +313,11 @@ class GPT(nn.Module):
             fp32 logits ``(B, T, vocab_size)``.
         """
         T = idx.size(1)
-        if rows is not None:
-            rows = rows.to(idx.device)
-        positions, length, start = cache.prepare(T, idx.device, rows)
-        if length > self.rotary_len:
-            raise ValueError(f"sequence of {length} tokens exceeds rotary length {self.rotary_len}")
-        if start is None:
-            cos_sin = self.cos[0][positions], self.sin[0][positions]  # (B, T, 1, D/2)
-        else:
-            cos_sin = self.cos[:, start : start + T], self.sin[:, start : start + T]
-        causal = start == 0 and T > 1  # fresh rows: plain causal attention over the new tokens
-        mask = None
-        if not causal and not (start is not None and T == 1):
-            keys = torch.arange(length, device=idx.device)
-            mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, length)
-        cached = CachedPass(cache, positions, length, mask, causal, rows, start)
+        cos_sin, cached = begin_cached_pass(cache, idx, rows, self.cos, self.sin, self.rotary_len)
         x = norm(self.wte(idx))
         for block in self.block_list():
             x = block(x, cos_sin, cached)
-        cache.advance(T, rows)
+        cache.advance(T, cached.rows)
         return self._logits(x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nanochat.plugins.gpt.kv_cache import KVCache
+from nanochat.plugins.gpt.kv_cache import CachedPass, KVCache, begin_cached_pass
 
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
@@ -117,19 +117,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x[..., :d], x[..., d:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
-@dataclass
-class CachedPass:
-    """What every attention layer needs during one :meth:`Llama.forward_cached` call."""
-
-    cache: KVCache
-    positions: torch.Tensor  # (B, T) position of each new token
-    length: int  # key slots to read per row
-    mask: torch.Tensor | None  # (B, 1, T, length) visible keys; None: causal or all visible
-    causal: bool
-    rows: torch.Tensor | None
-    start: int | None  # the rows' common first position, when they share one
 
 
 class Attention(nn.Module):
@@ -336,25 +323,13 @@ class Llama(nn.Module):
             fp32 logits ``(B, T, vocab_size)``.
         """
         T = idx.size(1)
-        if rows is not None:
-            rows = rows.to(idx.device)
-        positions, length, start = cache.prepare(T, idx.device, rows)
-        if length > self.config.max_context:
-            raise ValueError(f"sequence of {length} tokens exceeds max_context {self.max_context}")
-        if start is None:
-            cos_sin = self.cos[0][positions], self.sin[0][positions]  # (B, T, 1, D/2)
-        else:
-            cos_sin = self.cos[:, start : start + T], self.sin[:, start : start + T]
-        causal = start == 0 and T > 1  # fresh rows: plain causal attention over the new tokens
-        mask = None
-        if not causal and not (start is not None and T == 1):
-            keys = torch.arange(length, device=idx.device)
-            mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, length)
-        cached = CachedPass(cache, positions, length, mask, causal, rows, start)
+        cos_sin, cached = begin_cached_pass(
+            cache, idx, rows, self.cos, self.sin, self.config.max_context
+        )
         x = self.embed_tokens(idx)
         for block in self.block_list():
             x = block(x, cos_sin, cached)
-        cache.advance(T, rows)
+        cache.advance(T, cached.rows)
         return self._logits(x)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:

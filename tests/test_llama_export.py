@@ -126,10 +126,20 @@ def test_llama_run_exports_to_gguf_that_reads_back(runs: Path, tmp_path: Path) -
             values = split_rows(values, config["n_kv_head"])
         want = ours.numpy()[:vocab] if "token_embd" in gname or "output.w" in gname else ours
         assert np.array_equal(values, np.asarray(want)), gname
-    again = read_pretrained(out, tokenizer=False)  # hf-bpe has no GGUF vocabulary
-    with pytest.raises(Exception, match="no tokenizer"):
-        read_pretrained(out)
+    again = read_pretrained(out)  # the hf-bpe vocabulary came along
     model = llama_from(meta, state)
+    from nanochat.core.registry import Registry
+    from nanochat.plugins.tokenizers.options import TokenizerOptions
+
+    trained = Registry.load().create("tokenizer", "hf-bpe", TokenizerOptions())
+    trained = trained.load(runs / "runs" / "l" / "tokenizer")
+    text = "Hello world, 12345 tokens; ünïcödé 🙂\n\n  code: x = f(y)"
+    assert again.tokenizer.encode(text) == trained.encode(text)
+    assert (
+        again.tokenizer.special_tokens["<|assistant_end|>"]
+        == trained.special_tokens["<|assistant_end|>"]
+    )
+    assert again.tokenizer.decode(trained.encode(text)) == text
     ids = torch.randint(0, vocab, (1, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(again.model.eval()(ids), model(ids))

@@ -37,6 +37,7 @@ BLOCK_NAMES = {
 }
 TOP_NAMES = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
 NANOCHAT_KEYS = ("nanochat.sequence_len", "nanochat.vocab_multiple")
+PRE_PATTERN_KEY = "nanochat.pre_pattern"  # the split regex of pre-tokenizer "nanochat"
 
 
 def interleave_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -207,7 +208,7 @@ def gguf_tokenizer(fields: dict[str, Any]) -> Any:
     kinds = [int(k) for k in fields.get("tokenizer.ggml.token_type", [1] * len(tokens))]
     merges = [str(m) for m in fields.get("tokenizer.ggml.merges", [])]
     pre = str(fields.get("tokenizer.ggml.pre", "default"))
-    hf, specials = tokenizer_from_gguf(tokens, kinds, merges, pre)
+    hf, specials = tokenizer_from_gguf(tokens, kinds, merges, pre, fields.get(PRE_PATTERN_KEY))
     template = fields.get("tokenizer.chat_template")
 
     def token(key: str) -> str | None:
@@ -278,17 +279,48 @@ def gguf_tensors(model: Llama) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _hf_bpe_vocabulary(tokenizer: Any) -> tuple[list[str], list[str], set[int], str] | None:
+    """Tokens, merges, special ids and split regex of a tokenizer trained by HF `tokenizers`
+    with a regex split (the ``hf-bpe`` plugin); None for any other."""
+    import json
+
+    hf = getattr(tokenizer, "hf", None)
+    if hf is None or not hasattr(hf, "to_str"):
+        return None
+    data = json.loads(hf.to_str())
+    model, pre = data.get("model") or {}, data.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    split = next((p for p in parts if p.get("type") == "Split"), None)
+    if model.get("type") != "BPE" or split is None:
+        return None
+    tokens = [""] * tokenizer.vocab_size
+    for token, index in model["vocab"].items():
+        tokens[index] = token
+    for name, index in tokenizer.special_tokens.items():
+        tokens[index] = name
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return tokens, merges, set(tokenizer.special_tokens.values()), split["pattern"]["Regex"]
+
+
 def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
-    """The tokenizer's GGUF fields, when it can give its BPE vocabulary and merges."""
-    if not hasattr(tokenizer, "bpe_vocabulary"):
-        logger.warning("the run's tokenizer has no BPE vocabulary to write; the GGUF has none")
-        return
+    """The tokenizer's GGUF fields, when it can give its BPE vocabulary and merges: a
+    ``pretrained`` tokenizer as it came, an ``hf-bpe`` one with its split regex under
+    ``nanochat.pre_pattern`` (pre-tokenizer name ``nanochat``, which only nanochat reads)."""
     from nanochat.core import special_tokens as st
 
-    tokens, merges = tokenizer.bpe_vocabulary()
-    special_ids = set(tokenizer.specials.values())
+    if hasattr(tokenizer, "bpe_vocabulary"):
+        tokens, merges = tokenizer.bpe_vocabulary()
+        special_ids = set(tokenizer.specials.values())
+        pre = tokenizer.pre_tokenizer_name()
+    elif (trained := _hf_bpe_vocabulary(tokenizer)) is not None:
+        tokens, merges, special_ids, pattern = trained
+        pre = "nanochat"
+        writer.add_string(PRE_PATTERN_KEY, pattern)
+    else:
+        logger.warning("the run's tokenizer has no BPE vocabulary to write; the GGUF has none")
+        return
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(tokenizer.pre_tokenizer_name())
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types([3 if i in special_ids else 1 for i in range(len(tokens))])
     writer.add_token_merges(merges)
@@ -297,5 +329,5 @@ def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
         writer.add_bos_token_id(special[st.BOS])
     if st.ASSISTANT_END in special:
         writer.add_eos_token_id(special[st.ASSISTANT_END])
-    if tokenizer.chat_template:
+    if getattr(tokenizer, "chat_template", None):
         writer.add_chat_template(tokenizer.chat_template)

@@ -24,9 +24,16 @@ LLAMA3_PATTERN = (
 )
 
 
-def _pre_tokenizer(name: str) -> Any:
+def _pre_tokenizer(name: str, pattern: str | None = None) -> Any:
     from tokenizers import Regex, pre_tokenizers
 
+    if name == "nanochat" and pattern:  # written by nanochat's GGUF export of a trained BPE
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if name in DIGITS_THEN_GPT2:
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -61,8 +68,10 @@ def tokenizer_from_gguf(
     token_types: Sequence[int],
     merges: Sequence[str],
     pre: str,
+    pattern: str | None = None,
 ) -> tuple[Any, dict[str, int]]:
-    """The HF tokenizer of a GGUF vocabulary and its special (control) tokens by text.
+    """The HF tokenizer of a GGUF vocabulary and its special (control) tokens by text
+    (``pattern``: the split regex of pre-tokenizer ``nanochat``).
 
     Raises:
         TokenizerFileError: an unknown pre-tokenizer or a vocabulary HF refuses.
@@ -81,6 +90,6 @@ def tokenizer_from_gguf(
         hf = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
     except Exception as exc:  # noqa: BLE001 - HF raises plain Exceptions for bad vocabularies
         raise TokenizerFileError(f"the GGUF vocabulary is not a valid BPE: {exc}") from None
-    hf.pre_tokenizer = _pre_tokenizer(pre)
+    hf.pre_tokenizer = _pre_tokenizer(pre, pattern)
     hf.decoder = decoders.ByteLevel()
     return hf, specials

@@ -11,7 +11,7 @@ and the ratios the targets are about (engine batch 1 / naive >= 8x, engine batch
 batch 1 >= 4x on a 2-core CPU). Models are randomly initialised (speed does not depend on the
 weights); every generation runs to its token budget (no stop tokens).
 
-    uv run python -m benchmarks.inference                 # tiny (d3, w192) and d4 (w256)
+    uv run python -m benchmarks.inference                 # tiny (d3, w192), d4 (w256); fp32, bf16
     uv run python -m benchmarks.inference --device cuda --shapes d12 --vocab 65536
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import time
 from typing import Any
 
@@ -33,6 +34,8 @@ SHAPES: dict[str, GPTOptions] = {
     "d4": GPTOptions(depth=4, aspect_ratio=64, head_dim=128, sequence_len=512),  # width 256
     "d12": GPTOptions(depth=12, head_dim=128, sequence_len=2048),
 }
+
+DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16"}
 
 
 class IdsTokenizer:
@@ -103,6 +106,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        choices=["float32", "bfloat16"],
+        help="weight dtypes to measure on the CPU (both loops run in it; CUDA uses bf16 autocast)",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=3, help="runs per figure; the best is shown (noisy VMs)"
     )
     args = parser.parse_args()
@@ -116,16 +126,18 @@ def main() -> None:
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
     print(f"{args.prompt}-token prompt, {args.new} new tokens, vocab {args.vocab}")
     header = (
-        f"{'model':6s}{'params':>9s}{'naive b1':>11s}{'engine b1':>11s}"
+        f"{'model':10s}{'params':>9s}{'naive b1':>11s}{'engine b1':>11s}"
         f"{'engine b' + str(args.batch):>11s}{'prefill':>11s}{'b1/naive':>10s}"
         f"{'b' + str(args.batch) + '/b1':>8s}"
     )
     print(header + "   (tokens/s)")
-    for name in args.shapes:
+    dtypes = args.dtypes if device.type == "cpu" else ["float32"]
+    for name, dtype in itertools.product(args.shapes, dtypes):
         torch.manual_seed(0)
         factory = GPTFactory(SHAPES[name])
-        model = factory.build(factory.config(args.vocab)).to(device).eval()
+        model = factory.build(factory.config(args.vocab)).to(device, getattr(torch, dtype)).eval()
         params = sum(p.numel() for p in model.parameters())
+        label = f"{name} {DTYPE_LABELS[dtype]}" if device.type == "cpu" else name
         prompt = torch.randint(0, args.vocab, (1, args.prompt), device=device)
         engine_run(model, args.vocab, 1, args.prompt, 8, autocast)  # warm-up
         naive = one = many = prefill = 0.0
@@ -135,7 +147,7 @@ def main() -> None:
             p, m = engine_run(model, args.vocab, args.batch, args.prompt, args.new, autocast)
             prefill, many = max(prefill, p), max(many, m)
         print(
-            f"{name:6s}{params / 1e6:>8.1f}M{naive:>11.0f}{one:>11.0f}{many:>11.0f}"
+            f"{label:10s}{params / 1e6:>8.1f}M{naive:>11.0f}{one:>11.0f}{many:>11.0f}"
             f"{prefill:>11.0f}{one / naive:>9.1f}x{many / one:>7.1f}x"
         )
 

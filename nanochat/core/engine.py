@@ -112,6 +112,7 @@ class _Row:
     stream: TextStream
     produced: int = 0
     last: int = 0
+    position: int = 0  # tokens its cache row holds
     forced: deque[int] = field(default_factory=deque)
     tool_call: list[int] | None = None
     tool: Tool | None = None
@@ -235,7 +236,9 @@ class Engine:
             if base is None:
                 base = next(self._seeds)
             for i, slot in enumerate(free):
-                self._rows[slot] = _Row(request, i, base + i, TextStream(self.tokenizer))
+                self._rows[slot] = _Row(
+                    request, i, base + i, TextStream(self.tokenizer), position=len(request.prompt)
+                )
             events += self._advance(free, logits[:, -1].expand(len(free), -1))
         return events
 
@@ -257,6 +260,8 @@ class Engine:
         last = torch.tensor([[self._rows[s].last] for s in slots], device=self.device)
         with self.autocast():
             logits = self.model.forward_cached(last, self.cache, rows=self._index(slots))
+        for slot in slots:
+            self._rows[slot].position += 1
         return events + self._advance(slots, logits[:, -1])
 
     def _advance(self, slots: list[int], logits: torch.Tensor) -> list[Event]:
@@ -275,16 +280,15 @@ class Engine:
                 torch.tensor([r.seed for r in rows], dtype=torch.long, device=device),
                 torch.tensor([r.produced for r in rows], dtype=torch.long, device=device),
             ).tolist()
-        positions = self.cache.positions.tolist()
         events = []
         for slot, row, token in zip(slots, rows, sampled, strict=True):
             forced = bool(row.forced)
             if forced:
                 token = row.forced.popleft()
-            events.append(self._emit(slot, row, int(token), forced, positions[slot]))
+            events.append(self._emit(slot, row, int(token), forced))
         return events
 
-    def _emit(self, slot: int, row: _Row, token: int, forced: bool, position: int) -> Event:
+    def _emit(self, slot: int, row: _Row, token: int, forced: bool) -> Event:
         """Record ``token`` for ``row``; run tools; decide whether the row is finished."""
         row.produced += 1
         row.last = token
@@ -297,7 +301,7 @@ class Engine:
             finish = FINISH_STOP
         elif row.produced >= params.max_tokens:
             finish = FINISH_LENGTH
-        elif position >= self.cache.max_len:  # no room to feed this token back
+        elif row.position >= self.cache.max_len:  # no room to feed this token back
             finish = FINISH_CONTEXT
         text = row.stream.push(token)
         if finish is not None:

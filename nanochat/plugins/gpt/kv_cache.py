@@ -37,7 +37,10 @@ class KVCache:
         self.n_layer = n_layer
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
-        self._positions = torch.zeros(batch_size, dtype=torch.long)
+        self._layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # views of keys/values
+        # Positions live in a Python list: a decode step reads them without tensor operations
+        # (and without waiting for a GPU).
+        self._held = [0] * batch_size
 
     @property
     def batch_size(self) -> int:
@@ -51,54 +54,53 @@ class KVCache:
 
     @property
     def positions(self) -> torch.Tensor:
-        """Tokens held per row, ``(batch_size,)`` long."""
-        return self._positions
+        """Tokens held per row, ``(batch_size,)`` long (a new CPU tensor)."""
+        return torch.tensor(self._held, dtype=torch.long)
 
     def reset(self, rows: Sequence[int] | None = None) -> None:
         """Empty ``rows`` (every row when None); their old keys are never read again."""
-        if rows is None:
-            self._positions.zero_()
-        else:
-            self._positions[list(rows)] = 0
+        for row in range(self.batch_size) if rows is None else rows:
+            self._held[row] = 0
 
     def copy_rows(self, source: int, targets: Sequence[int]) -> None:
         """Make each of ``targets`` hold what row ``source`` holds."""
         targets = [t for t in targets if t != source]
         if not targets:
             return
-        held = int(self._positions[source].item())
+        held = self._held[source]
         if self.keys is not None and self.values is not None and held:
             index = torch.tensor(targets, device=self.keys.device)
             for store in (self.keys, self.values):
                 store[:, index, :, :held] = store[:, source : source + 1, :, :held].clone()
-        self._positions[targets] = held
+        for target in targets:
+            self._held[target] = held
 
     def prepare(
         self, new_tokens: int, device: torch.device, rows: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, int, int | None]:
+    ) -> tuple[torch.Tensor | None, int, int | None]:
         """Before a forward pass of ``new_tokens`` per row: the positions of the new tokens
-        ``(rows, new_tokens)``, how many key slots the pass must read, and the rows' common
-        start position when they all hold the same number of tokens (else None).
+        ``(rows, new_tokens)`` (None when the rows share a start, which then says it all), how
+        many key slots the pass must read, and that common start (None when rows differ).
 
         Raises:
             ValueError: a row would exceed ``max_len``.
         """
-        if self._positions.device != device:
-            self._positions = self._positions.to(device)
-        held = self._positions if rows is None else self._positions[rows]
-        positions = held[:, None] + torch.arange(new_tokens, device=device)[None, :]
-        low, high = (int(v) for v in torch.aminmax(held))
+        held = self._held if rows is None else [self._held[r] for r in rows.tolist()]
+        low, high = min(held), max(held)
         needed = high + new_tokens
         if needed > self.max_len:
             raise ValueError(f"KV cache full: {needed} positions needed, {self.max_len} allocated")
-        return positions, needed, low if low == high else None
+        if low == high:
+            return None, needed, low
+        start = torch.tensor(held, device=device)[:, None]
+        return start + torch.arange(new_tokens, device=device)[None, :], needed, None
 
     def insert_kv(
         self,
         layer_idx: int,
         k: torch.Tensor,
         v: torch.Tensor,
-        positions: torch.Tensor,
+        positions: torch.Tensor | None,
         length: int,
         rows: torch.Tensor | None = None,
         start: int | None = None,
@@ -110,7 +112,8 @@ class KVCache:
             layer_idx: the block writing.
             k: new keys, ``(B, n_kv_head, T, head_dim)``.
             v: new values, same shape.
-            positions: ``(B, T)`` positions of the new tokens (from :meth:`prepare`).
+            positions: ``(B, T)`` positions of the new tokens (from :meth:`prepare`; None
+                when the rows share the first position ``start``).
             length: how many slots to return.
             rows: the cache rows of the ``B`` lines (None: every row, in order).
             start: the rows' common first position, when they share one (a slice write).
@@ -120,12 +123,16 @@ class KVCache:
             # uninitialised memory may hold NaN (0 x NaN = NaN)
             self.keys = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
             self.values = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
+            self._layers = [(self.keys[i], self.values[i]) for i in range(self.n_layer)]
         b, h, t, d = k.shape
-        layer_k, layer_v = self.keys[layer_idx], self.values[layer_idx]
+        layer_k, layer_v = self._layers[layer_idx]
         if start is not None and rows is None:
-            layer_k[:, :, start : start + t] = k
-            layer_v[:, :, start : start + t] = v
-            return layer_k[:, :, :length], layer_v[:, :, :length]
+            layer_k.narrow(2, start, t).copy_(k)
+            layer_v.narrow(2, start, t).copy_(v)
+            return layer_k.narrow(2, 0, length), layer_v.narrow(2, 0, length)
+        if positions is None:  # rows sharing a start, a subset of the cache's rows
+            assert start is not None
+            positions = start + torch.arange(t, device=k.device).expand(b, t)
         if rows is None:
             index = positions[:, None, :, None].expand(b, h, t, d)
             layer_k.scatter_(2, index, k.to(layer_k.dtype))
@@ -139,10 +146,8 @@ class KVCache:
 
     def advance(self, new_tokens: int, rows: torch.Tensor | None = None) -> None:
         """Move ``rows`` (every row when None) on by ``new_tokens`` after the last layer wrote."""
-        if rows is None:
-            self._positions += new_tokens
-        else:
-            self._positions[rows] += new_tokens
+        for row in range(self.batch_size) if rows is None else rows.tolist():
+            self._held[row] += new_tokens
 
 
 @dataclass
@@ -150,7 +155,7 @@ class CachedPass:
     """What every attention layer needs during one cached forward pass."""
 
     cache: KVCache
-    positions: torch.Tensor  # (B, T) position of each new token
+    positions: torch.Tensor | None  # (B, T) position of each new token; None: see ``start``
     length: int  # key slots to read per row
     # (B, 1, T, length): key j visible to the token at position p if j <= p; None when that is
     # plain causal attention (``causal``) or every key is visible (one new token, shared position)
@@ -182,12 +187,16 @@ def begin_cached_pass(
     if length > max_context:
         raise ValueError(f"sequence of {length} tokens exceeds the context {max_context}")
     if start is None:
+        assert positions is not None
         cos_sin = cos[0][positions], sin[0][positions]  # (B, T, 1, D/2)
     else:
-        cos_sin = cos[:, start : start + T], sin[:, start : start + T]
+        cos_sin = cos.narrow(1, start, T), sin.narrow(1, start, T)
     causal = start == 0 and T > 1  # fresh rows: plain causal attention over the new tokens
     mask = None
     if not causal and not (start is not None and T == 1):
+        if positions is None:
+            assert start is not None
+            positions = start + torch.arange(T, device=idx.device).expand(idx.size(0), T)
         keys = torch.arange(length, device=idx.device)
         mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, length)
     return cos_sin, CachedPass(cache, positions, length, mask, causal, rows, start)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanochat.plugins.gpt.infer_linear import InferenceWeights
 from nanochat.plugins.gpt.kv_cache import CachedPass, KVCache, begin_cached_pass
 
 ROTARY_BASE = 10000.0
@@ -137,8 +138,6 @@ class CausalSelfAttention(nn.Module):
         self.c_k = nn.Linear(c, self.n_kv_head * self.head_dim, bias=False)
         self.c_v = nn.Linear(c, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(self.n_head * self.head_dim, c, bias=False)
-        self._fused_key: tuple[tuple[int, int, torch.dtype], ...] | None = None
-        self._fused = torch.empty(0)
 
     def forward(
         self,
@@ -179,16 +178,6 @@ class CausalSelfAttention(nn.Module):
             q, k, v, attn_mask=cached.mask, is_causal=cached.causal, **gqa
         )
 
-    def qkv_weight(self) -> torch.Tensor:
-        """``c_q``, ``c_k`` and ``c_v`` stacked into one matrix, rebuilt when any of them
-        changed (an optimizer step, ``load_state_dict``, a dtype or device move)."""
-        weights = (self.c_q.weight, self.c_k.weight, self.c_v.weight)
-        key = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
-        if self._fused_key != key:
-            self._fused = torch.cat([w.detach() for w in weights])
-            self._fused_key = key
-        return self._fused
-
 
 class MLP(nn.Module):
     """Feed-forward layer: ``c_proj(relu(c_fc(x))²)`` with a 4x hidden width."""
@@ -225,22 +214,24 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor],
+        weights: InferenceWeights,
         cached: CachedPass | None = None,
     ) -> torch.Tensor:
         """:meth:`forward` without autograd, in fewer operations (a decode step costs per
         operation, not per FLOP): one q/k/v projection, one rotary and one norm for queries and
-        keys together, weights used directly. ``rotary`` holds full-width tables
-        (:func:`full_width_tables`). The same function as :meth:`forward`; only the fused
-        projection may round differently."""
+        keys together, the matrices multiplied in ``weights``' layouts. ``rotary`` holds
+        full-width tables (:func:`full_width_tables`). The same function as :meth:`forward`;
+        only the fused and split products may round differently."""
         attn, B, T = self.attn, x.size(0), x.size(1)
         n_qk = attn.n_head + attn.n_kv_head
-        qkv = F.linear(norm(x), attn.qkv_weight()).view(B, T, -1, attn.head_dim)
+        qkv = weights.linear(norm(x), attn.c_q.weight, attn.c_k.weight, attn.c_v.weight)
+        qkv = qkv.view(B, T, -1, attn.head_dim)
         qk = norm(apply_rotary_full(qkv[:, :, :n_qk], *rotary)).transpose(1, 2)
         v = qkv[:, :, n_qk:].transpose(1, 2)
         y = attn.attend(qk[:, : attn.n_head], qk[:, attn.n_head :], v, cached)
-        x = x + F.linear(y.transpose(1, 2).reshape(B, T, -1), attn.c_proj.weight)
-        h = F.relu_(F.linear(norm(x), self.mlp.c_fc.weight)).square_()
-        return x + F.linear(h, self.mlp.c_proj.weight)
+        x = x + weights.linear(y.transpose(1, 2).reshape(B, T, -1), attn.c_proj.weight)
+        h = F.relu_(weights.linear(norm(x), self.mlp.c_fc.weight)).square_()
+        return x + weights.linear(h, self.mlp.c_proj.weight)
 
 
 class GPT(nn.Module):
@@ -264,6 +255,7 @@ class GPT(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
         self._full_key: tuple[int, int, int, torch.dtype] | None = None
+        self._weights = InferenceWeights()
         self._full = (cos, sin)
 
     @torch.no_grad()
@@ -328,7 +320,7 @@ class GPT(nn.Module):
         else:
             cos, sin = self._full_tables()
             for block in self.block_list():
-                x = block.infer(x, (cos[:, :T], sin[:, :T]))
+                x = block.infer(x, (cos[:, :T], sin[:, :T]), self._weights)
         logits = self._logits(x)
         if targets is None:
             return logits
@@ -364,7 +356,7 @@ class GPT(nn.Module):
             cos, sin = self._full_tables()
             rotary, cached = begin_cached_pass(cache, idx, rows, cos, sin, self.rotary_len)
             for block in self.block_list():
-                x = block.infer(x, rotary, cached)
+                x = block.infer(x, rotary, self._weights, cached)
         cache.advance(T, cached.rows)
         return self._logits(x)
 
@@ -384,13 +376,14 @@ class GPT(nn.Module):
         return self._full
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(norm(x))[..., : self.config.vocab_size].float()
-        if self.config.softcap > 0:
-            cap = self.config.softcap
-            if torch.is_grad_enabled():
-                return cap * torch.tanh(logits / cap)
-            return logits.div_(cap).tanh_().mul_(cap)  # the head's output is ours to modify
-        return logits
+        cap = self.config.softcap
+        if torch.is_grad_enabled():
+            logits = self.lm_head(norm(x))[..., : self.config.vocab_size].float()
+            return cap * torch.tanh(logits / cap) if cap > 0 else logits
+        logits = self._weights.linear(norm(x), self.lm_head.weight)
+        logits = logits[..., : self.config.vocab_size].float()
+        # the head's output is ours to modify
+        return logits.div_(cap).tanh_().mul_(cap) if cap > 0 else logits
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The parameters by optimizer role.

@@ -1,0 +1,86 @@
+"""Matrix products against weights laid out for inference (no autograd).
+
+A decode step multiplies a few rows by every weight matrix once: matrix-vector products whose
+speed is the speed of reading the weights. On a CPU, ``F.linear`` with a handful of rows runs
+them on one core (MKL picks one thread for such sizes), so one core's memory bandwidth bounds a
+step. :class:`InferenceWeights` keeps, for small row counts on a multi-threaded CPU, each matrix
+split into one slice of output columns per thread and stored transposed, ``(S, in, out / S)``;
+one batched product then reads the slices on all cores at once (measured in
+``benchmarks/inference.py``). Otherwise, and for many rows (prefill, scoring: compute-bound,
+where MKL's own threading wins), the product is a plain ``F.linear``.
+
+Derived matrices are cached and rebuilt when a source changes (an optimizer step,
+``load_state_dict``, a dtype or device move), like the stacked q/k/v projection.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Row counts up to this use the split layout (decode steps of up to this many sequences).
+SPLIT_MAX_ROWS = 16
+
+_Key = tuple[int, ...]
+
+
+class InferenceWeights:
+    """Caches of weights derived for inference: stacked and split layouts."""
+
+    def __init__(self) -> None:
+        self._stacked: dict[tuple[int, ...], tuple[_Key, torch.Tensor]] = {}
+        self._split: dict[tuple[int, ...], tuple[_Key, int, torch.Tensor]] = {}
+
+    def stacked(self, *weights: torch.Tensor) -> torch.Tensor:
+        """``weights`` (each ``(out_i, in)``) stacked into one ``(sum out_i, in)`` matrix."""
+        if len(weights) == 1:
+            return weights[0].detach()
+        ids, key = _identity(weights)
+        held = self._stacked.get(ids)
+        if held is None or held[0] != key:
+            held = (key, torch.cat([w.detach() for w in weights]))
+            self._stacked[ids] = held
+        return held[1]
+
+    def linear(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        """``x @ stacked(weights).T`` (``x``: ``(..., in)``), through the split layout when
+        that is faster (CPU, float32, several threads, at most :data:`SPLIT_MAX_ROWS` rows)."""
+        threads = torch.get_num_threads()
+        rows = x.numel() // x.size(-1)
+        out = sum(w.size(0) for w in weights)
+        if (
+            x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or threads < 2
+            or rows > SPLIT_MAX_ROWS
+            or out % threads != 0
+        ):
+            return F.linear(x, self.stacked(*weights))
+        split = self._split_weight(weights, threads)
+        parts, width, cols = split.shape
+        y = torch.bmm(x.reshape(1, rows, width).expand(parts, rows, width), split)
+        if rows > 1:
+            y = y.transpose(0, 1)  # (rows, parts, cols)
+        return y.reshape(*x.shape[:-1], parts * cols)
+
+    def _split_weight(self, weights: tuple[torch.Tensor, ...], parts: int) -> torch.Tensor:
+        """The stacked matrix as ``parts`` transposed column slices ``(parts, in, out/parts)``."""
+        ids, key = _identity(weights)
+        held = self._split.get(ids)
+        if held is None or held[0] != key or held[1] != parts:
+            stacked = torch.cat([w.detach() for w in weights])
+            out, width = stacked.shape
+            split = stacked.view(parts, out // parts, width).transpose(1, 2).contiguous()
+            held = (key, parts, split)
+            self._split[ids] = held
+        return held[2]
+
+
+def _identity(weights: tuple[torch.Tensor, ...]) -> tuple[tuple[int, ...], _Key]:
+    """Which tensors (by object) and in what state: their storage (a new one after a dtype or
+    device move) and version (bumped by in-place writes: optimizer steps, ``load_state_dict``).
+    """
+    if len(weights) == 1:
+        w = weights[0]
+        return (id(w),), (w.data_ptr(), w._version)
+    return tuple(map(id, weights)), tuple(v for w in weights for v in (w.data_ptr(), w._version))

@@ -1,0 +1,75 @@
+"""The inference weight layouts of the gpt model: stacked and split products equal plain ones,
+and follow weight updates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanochat.plugins.gpt.factory import GPTFactory
+from nanochat.plugins.gpt.infer_linear import SPLIT_MAX_ROWS, InferenceWeights
+from nanochat.plugins.gpt.options import GPTOptions
+
+
+@pytest.fixture
+def two_threads():
+    """Run with two torch threads (the split layout needs several), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 48), (8, 1, 48), (3, 48), (2, 5, 48), (40, 48)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_products_equal_f_linear(shape, threads) -> None:
+    """Decode-sized inputs (split layout with 2 threads) and larger ones (plain) alike."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        weights = InferenceWeights()
+        w1, w2 = torch.randn(64, 48), torch.randn(32, 48)
+        x = torch.randn(shape)
+        got = weights.linear(x, w1, w2)
+        torch.testing.assert_close(got, F.linear(x, torch.cat([w1, w2])), atol=1e-5, rtol=1e-5)
+        assert got.shape == (*shape[:-1], 96)
+        torch.testing.assert_close(weights.linear(x, w2), F.linear(x, w2), atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_split_layout_is_used_and_follows_updates(two_threads) -> None:
+    """The split copy is made once, rebuilt after an in-place update or a dtype move."""
+    weights = InferenceWeights()
+    w = torch.randn(64, 48)
+    x = torch.randn(SPLIT_MAX_ROWS, 48)
+    weights.linear(x, w)
+    (split,) = [held[2] for held in weights._split.values()]
+    assert split.shape == (2, 48, 32)
+    weights.linear(x, w)
+    assert [held[2] for held in weights._split.values()][0] is split  # reused
+    w.mul_(2.0)  # an optimizer step
+    torch.testing.assert_close(weights.linear(x, w), F.linear(x, w), atol=1e-5, rtol=1e-5)
+    wide = torch.randn(SPLIT_MAX_ROWS + 1, 48)  # too many rows: plain product
+    torch.testing.assert_close(weights.linear(wide, w), F.linear(wide, w), atol=1e-5, rtol=1e-5)
+    half = w.to(torch.bfloat16)  # not float32: plain product in its dtype
+    assert weights.linear(x.to(torch.bfloat16), half).dtype == torch.bfloat16
+
+
+def test_model_decode_follows_weight_updates(two_threads) -> None:
+    """Decode steps (split products) equal the training path, also after the weights change."""
+    factory = GPTFactory(GPTOptions(depth=2, head_dim=32, sequence_len=32))
+    torch.manual_seed(0)
+    model = factory.build(factory.config(100)).eval()
+    idx = torch.randint(0, 100, (4, 6))
+    for _ in range(2):
+        cache = model.new_cache(4, 16)
+        with torch.no_grad():
+            steps = [model.forward_cached(idx[:, t : t + 1], cache) for t in range(6)]
+        full = model(idx).detach()
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.1)

@@ -201,6 +201,17 @@ def test_arithmetic_bare_questions(registry) -> None:
     ops = {p.solution["content"][1]["text"].strip("0123456789") for p in bare}
     assert ops == {"+", "-", "*", "/"}
     assert any(p.prompt[0]["content"].startswith("What is") for p in bare)
+    # one-digit operands ("12 * 7") are common, not one in eleven as in a uniform draw
+    operands = [
+        int(n)
+        for p in bare
+        for n in p.solution["content"][1]["text"]
+        .replace("-", "+")
+        .replace("*", "+")
+        .replace("/", "+")
+        .split("+")
+    ]
+    assert 0.4 <= sum(n < 10 for n in operands) / len(operands) <= 0.7
 
 
 def test_problems_join_a_chat_mixture_as_conversations(registry, monkeypatch) -> None:

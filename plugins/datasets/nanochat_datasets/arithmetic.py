@@ -72,10 +72,18 @@ BARE_TEMPLATES = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b
 SPOKEN = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
 
 
+def bare_operand(rng: random.Random, top: int) -> int:
+    """A number in ``[1, top]``: half the time one digit, else uniform. People ask "12 * 7" as
+    often as "12 * 74"; a uniform draw up to 100 would make one-digit numbers one in eleven."""
+    if rng.random() < 0.5:
+        return rng.randint(1, min(9, top))
+    return rng.randint(1, top)
+
+
 def make_bare_problem(rng: random.Random, options: ArithmeticOptions) -> Problem:
     """A bare question on two numbers ("What is 12 * 7?") answered with one calculator call."""
     op = rng.choice(options.operations)
-    a, b = rng.randint(1, options.max_value), rng.randint(1, options.max_value)
+    a, b = bare_operand(rng, options.max_value), bare_operand(rng, options.max_value)
     if op == "-" and b > a:
         a, b = b, a
     if op == "/":

@@ -122,7 +122,7 @@ def presets() -> list[Preset]:
                 "rl.max_new_tokens": 96,
                 "rl.temperature": 0.7,
                 "rl.warmdown_ratio": 0.2,
-                "rl.max_steps": 200,
+                "rl.max_steps": 240,
                 "rl.time_budget_s": 480.0,
                 "rl.device_batch_size": 16,
                 "rl.eval_every": 25,

@@ -346,3 +346,14 @@ def test_sft_under_torchrun_two_ranks(chat_home: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "runs" / "c" / "sft" / "checkpoints" / "step_00000003"
     state = torch.load(checkpoint / "state.pt", weights_only=True)
     assert len(state["data"]) == 2  # both ranks' data positions
+
+
+def test_sample_tokens_zero_turns_samples_off() -> None:
+    """``-o sft.sample_tokens=0`` (or pretrain's) means no samples, not a crash at the end."""
+    from nanochat_stages.chat_eval import sample_answers
+    from nanochat_stages.options import PretrainOptions
+    from nanochat_stages.text_recipe import TextRecipe
+
+    question = {"messages": [{"role": "user", "content": "hi"}]}
+    assert sample_answers(None, None, [question], 64, 0) == []  # type: ignore[list-item]
+    assert TextRecipe(PretrainOptions(sample_tokens=0)).samples(None) == []

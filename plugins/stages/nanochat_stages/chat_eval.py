@@ -115,7 +115,10 @@ def sample_answers(
     max_tokens: int,
     runtime: Any = None,
 ) -> list[str]:
-    """Each question and the model's greedy answer, as text with special tokens shown."""
+    """Each question and the model's greedy answer, as text with special tokens shown (none
+    when ``max_tokens`` is 0)."""
+    if max_tokens < 1:
+        return []
     prompts = []
     for conversation in conversations:
         try:

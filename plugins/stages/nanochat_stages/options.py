@@ -59,7 +59,7 @@ class TrainingOptions:
         grad_clip: clip the gradient norm to this; 0 disables clipping.
         eval_every: validation every N steps (and at the end).
         sample_every: samples every N steps; 0: only at the end.
-        sample_tokens: tokens generated per sample.
+        sample_tokens: tokens generated per sample; 0 turns the samples off.
         checkpoint_every: a checkpoint every N steps (and at the end).
         keep_checkpoints: newest checkpoints kept (the final one is always kept).
         compile: torch.compile the model (CUDA only).
@@ -124,7 +124,7 @@ class MidtrainOptions(TrainingOptions):
         warmdown_ratio: the learning rate decays to final_lr_frac (0) over this share at the end.
         eval_conversations: held-out conversations per validation (over all ranks).
         doc_buffer: conversations the best-fit packer chooses from.
-        sample_tokens: tokens generated per sample.
+        sample_tokens: tokens generated per sample; 0 turns the samples off.
     """
 
     mixture: str = "demo-chat:1,identity:2,arithmetic:1"
@@ -155,7 +155,7 @@ class SftOptions(TrainingOptions):
         scalar_lr: peak learning rate of scalar parameters.
         eval_every: validation every N steps (and at the end).
         eval_conversations: held-out conversations per validation (over all ranks).
-        sample_tokens: tokens generated per sample.
+        sample_tokens: tokens generated per sample; 0 turns the samples off.
     """
 
     mixture: str = "identity:4,arithmetic:0.1,demo-chat:0.2"
@@ -291,7 +291,7 @@ class DpoOptions(TrainingOptions):
         scalar_lr: peak learning rate of scalar parameters.
         eval_every: validation every N steps (and at the start and the end).
         checkpoint_every: a checkpoint every N steps (and at the end).
-        sample_tokens: tokens generated per sample.
+        sample_tokens: tokens generated per sample; 0 turns the samples off.
         seed: seed of the pair order and of the on-policy samples.
     """
 

@@ -136,7 +136,9 @@ class TextRecipe:
         return {"val_bpb": bpb}
 
     def samples(self, loop: Any) -> list[str]:
-        """Greedy continuations of a few fixed prompts."""
+        """Greedy continuations of a few fixed prompts (none when ``sample_tokens`` is 0)."""
+        if self.o.sample_tokens < 1:
+            return []
         tokenizer = loop.tokenizer
         bos = tokenizer.special_tokens[BOS]
         engine = Engine(loop.model, tokenizer, slots=len(SAMPLE_PROMPTS), autocast=loop.rt.autocast)

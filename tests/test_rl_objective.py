@@ -244,3 +244,22 @@ def test_kl_penalty_to_the_reference() -> None:
     assert logp.grad[0, 2] == 0 and (logp.grad[0, :2] != 0).all()
     with pytest.raises(ValueError, match="reference"):
         policy_loss(logp, zero_adv, mask, 2.0, kl_coef=0.1)
+
+
+@pytest.mark.parametrize(
+    ("step", "elapsed", "budget", "expected"),
+    [
+        (10, 999.0, 0.0, 10),  # no budget: the step itself
+        (10, 0.0, 100.0, 10),  # the budget has barely started
+        (10, 50.0, 100.0, 99),  # half the budget spent: half-way through 200 steps
+        (150, 50.0, 100.0, 150),  # ahead of the clock: the step
+        (10, 400.0, 100.0, 199),  # over budget: the last step
+    ],
+)
+def test_a_time_budget_moves_the_schedule_on(step, elapsed, budget, expected) -> None:
+    """A stage that its time budget will stop still warms its learning rate down to the end."""
+    from nanochat_stages.schedule import budget_step, lr_multiplier
+
+    assert budget_step(step, 200, elapsed, budget) == expected
+    at_end = budget_step(10, 200, 100.0, 100.0)
+    assert lr_multiplier(at_end, 200, 0.0, 0.2, 0.0) == pytest.approx(1 / 40)

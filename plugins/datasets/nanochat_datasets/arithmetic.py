@@ -68,7 +68,13 @@ def _apply(value: int, step: Step) -> int:
 
 
 # How a bare question is asked: (template, spoken name of each operation).
-BARE_TEMPLATES = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?")
+BARE_TEMPLATES = (
+    "What is {a} {op} {b}?",
+    "What is {a}{op}{b}?",
+    "Compute {a} {op} {b}.",
+    "{a} {op} {b} = ?",
+    "{a}{op}{b}=?",
+)
 SPOKEN = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
 
 

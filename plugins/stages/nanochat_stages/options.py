@@ -194,7 +194,8 @@ class RlOptions:
         updates_per_batch: optimizer steps on each batch of samples (PPO epochs).
         epochs: passes over the train split when max_steps is 0.
         max_steps: optimizer steps; 0: from epochs.
-        time_budget_s: stop after this many seconds of training; 0: no budget.
+        time_budget_s: stop after this many seconds of training (the learning-rate schedule
+            then follows the share of the budget spent, so it still warms down); 0: no budget.
         device_batch_size: sequences per forward/backward pass per process.
         sample_slots: sequences decoded at once per process.
         warmup_ratio: share of the steps over which the learning rate warms up from 0.

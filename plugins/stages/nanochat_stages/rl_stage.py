@@ -38,7 +38,7 @@ from nanochat_stages.policy import (
     token_logprobs,
 )
 from nanochat_stages.rl_objective import group_advantages, policy_loss
-from nanochat_stages.schedule import lr_multiplier
+from nanochat_stages.schedule import budget_step, lr_multiplier
 from nanochat_stages.training import (
     TrainingLoop,
     chat_checkpoint,
@@ -351,7 +351,11 @@ class RlLoop(TrainingLoop):
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             multiplier = lr_multiplier(
-                step, total_steps, o.warmup_ratio, o.warmdown_ratio, o.final_lr_frac
+                budget_step(step, total_steps, t0 - began, o.time_budget_s),
+                total_steps,
+                o.warmup_ratio,
+                o.warmdown_ratio,
+                o.final_lr_frac,
             )
             set_learning_rates(self.optimizers, multiplier)
             groups = self._sample(step)

@@ -19,3 +19,14 @@ def lr_multiplier(
         progress = (total_steps - step) / warmdown  # 1 at the start of warmdown, ->0 at the end
         return progress + (1.0 - progress) * final_frac
     return 1.0
+
+
+def budget_step(step: int, total_steps: int, elapsed_s: float, budget_s: float) -> int:
+    """The step the schedule should be at: ``step``, or further when a time budget
+    (``budget_s`` > 0) will end the stage first, as far as the time spent says (``elapsed_s`` of
+    ``budget_s`` is that share of ``total_steps``). So a stage that the budget stops still
+    warms down to its final learning rate instead of ending at full rate."""
+    if budget_s <= 0:
+        return step
+    by_time = int(min(1.0, elapsed_s / budget_s) * (total_steps - 1))
+    return max(step, by_time)

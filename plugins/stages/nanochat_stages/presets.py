@@ -125,7 +125,7 @@ def presets() -> list[Preset]:
                 "rl.max_steps": 240,
                 "rl.time_budget_s": 480.0,
                 "rl.device_batch_size": 16,
-                "rl.eval_every": 25,
+                "rl.eval_every": 50,
                 "rl.eval_problems": 200,
                 "rl.checkpoint_every": 25,
                 # dpo on `arithmetic`: 512 problems x 8 samples at temperature 0.7, one correct

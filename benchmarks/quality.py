@@ -44,7 +44,7 @@ from nanochat_stages.options import TrainingOptions
 from nanochat_stages.schedule import lr_multiplier
 
 #: Today's ``gpt`` (issue 19's options off), the default baseline of a run without --config.
-TODAY = "today=gpt:value_embeds=0,layer_scalars=false,window_pattern=L"
+TODAY = "today=gpt:value_embeds=0,layer_scalars=false,skip_connections=false,window_pattern=L"
 
 
 @dataclass

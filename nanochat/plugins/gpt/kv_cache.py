@@ -10,7 +10,7 @@ read: attention masks every key beyond the querying token's position.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -158,6 +158,21 @@ class CachedPass:
     causal: bool
     rows: torch.Tensor | None  # the cache rows of the batch's lines (None: all, in order)
     start: int | None  # the rows' common first position, when they share one
+    _windows: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def windowed(self, window: int) -> torch.Tensor:
+        """The ``(B, 1, T, length)`` mask of a sliding-window layer (made once per pass)."""
+        if window not in self._windows:
+            self._windows[window] = window_mask(self.positions, self.length, window)
+        return self._windows[window]
+
+
+def window_mask(positions: torch.Tensor, length: int, window: int) -> torch.Tensor:
+    """Sliding-window causal mask ``(B, 1, T, length)``: key ``j`` is visible to the token at
+    position ``p`` (from ``positions``, ``B, T``) when ``p - window < j <= p``."""
+    keys = torch.arange(length, device=positions.device)
+    p = positions[:, :, None]
+    return ((keys <= p) & (keys > p - window))[:, None]
 
 
 def begin_cached_pass(

@@ -279,7 +279,13 @@ class GPT(nn.Module):
 
     Args:
         config: the model's shape.
+
+    Attributes:
+        fused_head: compute the loss with the fused chunked head (:mod:`.head`); False gives
+            the plain path (whole logits, then cross-entropy), same values, for comparisons.
     """
+
+    fused_head = True
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -374,6 +380,14 @@ class GPT(nn.Module):
         x = self._trunk(idx, cos_sin)
         if targets is None:
             return self._logits(x)
+        if not self.fused_head:  # the plain path: whole fp32 logits, then cross-entropy
+            logits = self._logits(x)
+            return F.cross_entropy(
+                logits.view(-1, logits.size(-1)),
+                targets.reshape(-1),
+                ignore_index=-1,
+                reduction=loss_reduction,
+            )
         head = self.lm_head.weight[: self.config.vocab_size]
         return head_loss(norm(x), head, targets, self.config.softcap, loss_reduction)
 

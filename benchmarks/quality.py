@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nanochat_stages.options import TrainingOptions
+from nanochat_stages.schedule import lr_multiplier
 
 from benchmarks.corpus import cache_dir
 from nanochat.core.config import apply_overrides
@@ -40,8 +42,6 @@ from nanochat.core.evaluation import evaluate_bpb, text_eval_batches
 from nanochat.core.models import OptimizerSettings
 from nanochat.core.registry import Registry
 from nanochat.core.special_tokens import BOS, SPECIAL_TOKENS
-from nanochat_stages.options import TrainingOptions
-from nanochat_stages.schedule import lr_multiplier
 
 #: Today's ``gpt`` (issue 19's options off), the default baseline of a run without --config.
 TODAY = "today=gpt:value_embeds=0,layer_scalars=false,skip_connections=false,window_pattern=L"

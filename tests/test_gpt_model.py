@@ -36,13 +36,18 @@ def make(vocab: int = 100, **opts) -> GPT:
 
 
 def expected_params(depth: int, vocab: int, head_dim: int = 128, n_kv_head: int | None = None):
-    """Parameter count from the architecture: embedding + head + per-block matrices."""
+    """Parameter count from the architecture: embedding + head + per-block matrices, and the
+    default options' value embeddings (2 tables, capped at depth; a 2-scalar mix in each layer
+    that reads one) and per-layer residual scalars (2 per layer)."""
     c = 64 * depth
     h = max(1, math.ceil(c / head_dim))
     kv = n_kv_head or h
     vp = math.ceil(vocab / 64) * 64
     block = c * h * head_dim + 2 * c * kv * head_dim + h * head_dim * c + 2 * c * 4 * c
-    return 2 * vp * c + depth * block
+    tables = min(2, depth)
+    ve_layers = len({*range(tables), *range(depth - tables, depth)})
+    extra = tables * vp * kv * head_dim + 2 * ve_layers + 2 * depth
+    return 2 * vp * c + depth * block + extra
 
 
 @pytest.mark.parametrize(
@@ -65,8 +70,13 @@ def test_shapes_and_parameter_counts(depth, vocab, head_dim, n_kv_head) -> None:
 
 def test_exact_count_d4_tiny() -> None:
     # depth 4, vocab 4096: width 256, 2 heads of 128; 2*4096*256 + 4*(4*256*256 + 8*256*256)
-    model = GPTFactory(GPTOptions(depth=4)).build(GPTFactory(GPTOptions(depth=4)).config(4096))
+    today = GPTOptions(depth=4, value_embeds=0, layer_scalars=False)
+    model = GPTFactory(today).build(GPTFactory(today).config(4096))
     assert model.num_params() == 2_097_152 + 3_145_728 == 5_242_880
+    # the defaults add 2 value-embedding tables (4096 x 256), their mixes in all 4 layers
+    # (layers 0, 1 and 2, 3 read tables 0, 1) and 2 residual scalars per layer
+    model = GPTFactory(GPTOptions(depth=4)).build(GPTFactory(GPTOptions(depth=4)).config(4096))
+    assert model.num_params() == 5_242_880 + 2 * 4096 * 256 + 4 * 2 + 4 * 2
 
 
 def test_vocab_padding_and_ignore_index() -> None:
@@ -175,6 +185,9 @@ def test_gqa_equals_mha_with_repeated_kv_heads() -> None:
             src = dict(gqa.named_parameters())[name]
             if name.endswith(("c_k.weight", "c_v.weight")):
                 p.copy_(src.view(kv, d, -1).repeat_interleave(h // kv, dim=0).reshape(h * d, -1))
+            elif name.startswith("value_embeds."):  # value embeddings are per KV head too
+                rows = src.size(0)
+                p.copy_(src.view(rows, kv, d).repeat_interleave(h // kv, dim=1).view(rows, -1))
             else:
                 p.copy_(src)
     idx = torch.randint(0, 100, (2, 12))

@@ -148,8 +148,9 @@ class Muon(torch.optim.Optimizer):
         if world <= 1 or not dist.is_available() or not dist.is_initialized():
             return zeropower_via_newtonschulz5(stacked, steps=steps)
         if dist.get_world_size() != world:
-            raise RuntimeError(f"Muon expects {world} ranks, the process group has "
-                               f"{dist.get_world_size()}")
+            raise RuntimeError(
+                f"Muon expects {world} ranks, the process group has {dist.get_world_size()}"
+            )
         n = stacked.size(0)
         per = -(-n // world)
         if per * world > n:  # zero matrices pad the last share (they orthogonalise to zero)

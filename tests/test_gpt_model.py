@@ -37,14 +37,14 @@ def make(vocab: int = 100, **opts) -> GPT:
 
 def expected_params(depth: int, vocab: int, head_dim: int = 128, n_kv_head: int | None = None):
     """Parameter count from the architecture: embedding + head + per-block matrices, and the
-    default options' value embeddings (2 tables, capped at depth; a 2-scalar mix in each layer
+    default options' value embeddings (4 tables, capped at depth; a 2-scalar mix in each layer
     that reads one) and per-layer residual scalars (2 per layer)."""
     c = 64 * depth
     h = max(1, math.ceil(c / head_dim))
     kv = n_kv_head or h
     vp = math.ceil(vocab / 64) * 64
     block = c * h * head_dim + 2 * c * kv * head_dim + h * head_dim * c + 2 * c * 4 * c
-    tables = min(2, depth)
+    tables = min(4, depth)
     ve_layers = len({*range(tables), *range(depth - tables, depth)})
     extra = tables * vp * kv * head_dim + 2 * ve_layers + 2 * depth
     return 2 * vp * c + depth * block + extra
@@ -73,10 +73,10 @@ def test_exact_count_d4_tiny() -> None:
     today = GPTOptions(depth=4, value_embeds=0, layer_scalars=False)
     model = GPTFactory(today).build(GPTFactory(today).config(4096))
     assert model.num_params() == 2_097_152 + 3_145_728 == 5_242_880
-    # the defaults add 2 value-embedding tables (4096 x 256), their mixes in all 4 layers
-    # (layers 0, 1 and 2, 3 read tables 0, 1) and 2 residual scalars per layer
+    # the defaults add 4 value-embedding tables (4096 x 256, one per layer), their mixes (2
+    # scalars per layer) and 2 residual scalars per layer
     model = GPTFactory(GPTOptions(depth=4)).build(GPTFactory(GPTOptions(depth=4)).config(4096))
-    assert model.num_params() == 5_242_880 + 2 * 4096 * 256 + 4 * 2 + 4 * 2
+    assert model.num_params() == 5_242_880 + 4 * 4096 * 256 + 4 * 2 + 4 * 2
 
 
 def test_vocab_padding_and_ignore_index() -> None:

@@ -43,7 +43,7 @@ class GPTOptions:
     sequence_len: int = option(256, ge=1, le=1_048_576)
     softcap: float = option(15.0, ge=0)
     vocab_multiple: int = option(64, ge=1)
-    value_embeds: int = option(2, ge=0, le=1024, doc="value-embedding tables (0: none)")
+    value_embeds: int = option(4, ge=0, le=1024, doc="value-embedding tables (0: none)")
     layer_scalars: bool = option(True, doc="per-layer residual and embedding scalars")
     skip_connections: bool = option(False, doc="U-net skips, first to last blocks")
     window_pattern: str = option("L", doc="S (short window) / L (full) per layer, tiled")

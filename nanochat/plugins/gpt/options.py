@@ -23,7 +23,7 @@ class GPTOptions:
         vocab_multiple: the embedding and head are padded to a multiple of this many rows.
         value_embeds: value-embedding tables (embeddings of the input ids added to the
             attention values); table ``j`` feeds layer ``j`` and layer ``depth - K + j``.
-            0: none. At most ``depth``.
+            0: none. More than ``depth`` count as ``depth``.
         layer_scalars: learnable per-layer scalars mixing the residual stream with the
             embedding before each block (``r_i * x + s_i * x0``).
         skip_connections: learnable U-net skips from the first half of the blocks to the
@@ -43,8 +43,8 @@ class GPTOptions:
     sequence_len: int = option(256, ge=1, le=1_048_576)
     softcap: float = option(15.0, ge=0)
     vocab_multiple: int = option(64, ge=1)
-    value_embeds: int = option(4, ge=0, le=1024, doc="value-embedding tables (0: none)")
-    layer_scalars: bool = option(True, doc="per-layer residual and embedding scalars")
-    skip_connections: bool = option(False, doc="U-net skips, first to last blocks")
-    window_pattern: str = option("L", doc="S (short window) / L (full) per layer, tiled")
-    short_window: int = option(0, ge=0, doc="tokens an S layer sees (0: sequence_len // 2)")
+    value_embeds: int = option(4, ge=0, le=1024)
+    layer_scalars: bool = option(True)
+    skip_connections: bool = option(False)
+    window_pattern: str = option("L")
+    short_window: int = option(0, ge=0)

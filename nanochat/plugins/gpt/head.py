@@ -101,8 +101,8 @@ def _chunk_loss(
         return loss, None
     grad = exp.div_(total)
     grad.scatter_add_(1, safe[:, None], torch.full_like(total, -1.0))
-    if not bool(valid.all()):
-        grad[~valid] = 0.0
+    if grad.is_cuda or not bool(valid.all()):  # no host sync on a GPU: always mask
+        grad.mul_(valid[:, None])
     if slope is not None:
         grad.mul_(slope)
     return loss, grad

@@ -359,3 +359,6 @@ def test_ddp_muon_matches_single_process(tmp_path: Path) -> None:
     assert result["single_max_diff"] < 1e-4  # same as one process on the whole batch
     # sharded Newton-Schulz (each rank its share, then all-gathered) = every rank doing all
     assert result["steps"] == 5 and result["sharded_vs_unsharded_max_diff"] < 1e-5
+    # rank 0 orthogonalised about half the matrices (shapes split 6+6, 2+1 padded, 2+1 padded)
+    assert result["ns_matrices_unsharded"] == 5 * 18
+    assert result["ns_matrices_sharded"] == 5 * (6 + 2 + 2)

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nanochat.core.models import OptimizerSettings
+from nanochat.plugins.gpt import muon
 from nanochat.plugins.gpt.factory import GPTFactory
 from nanochat.plugins.gpt.options import GPTOptions
 
@@ -60,6 +61,19 @@ def train(factory, model, wrapped, data, rows, world_size=1):
     return losses
 
 
+NS_BATCHES: list[int] = []  # matrices per Newton-Schulz call, to see the work was split
+
+
+def counting_newton_schulz(G, steps=5):
+    """The real Newton-Schulz, recording how many matrices each call got."""
+    NS_BATCHES.append(G.size(0) if G.ndim == 3 else 1)
+    return ORIGINAL_NS(G, steps=steps)
+
+
+ORIGINAL_NS = muon.zeropower_via_newtonschulz5
+muon.zeropower_via_newtonschulz5 = counting_newton_schulz
+
+
 def main() -> None:
     """Train under DDP, compare replicas, then compare with single-process training."""
     torch.use_deterministic_algorithms(True)
@@ -69,9 +83,12 @@ def main() -> None:
     per = BATCH // world
     mine = slice(rank * per, (rank + 1) * per)
     train(factory, model, DDP(model), data, mine, world_size=world)  # sharded Muon
+    sharded_work = sum(NS_BATCHES)
+    NS_BATCHES.clear()
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     _, unsharded, _ = make_model_and_data()
     train(factory, unsharded, DDP(unsharded), data, mine, world_size=1)
+    unsharded_work = sum(NS_BATCHES)
     flat_unsharded = torch.cat([p.detach().reshape(-1) for p in unsharded.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
@@ -86,6 +103,8 @@ def main() -> None:
             "single_max_diff": (flat - ref).abs().max().item(),
             "sharded_vs_unsharded_max_diff": (flat - flat_unsharded).abs().max().item(),
             "steps": STEPS,
+            "ns_matrices_sharded": sharded_work,
+            "ns_matrices_unsharded": unsharded_work,
             "moved": (ref - init).abs().max().item(),
         }
         with open(sys.argv[1], "w") as f:

@@ -36,13 +36,18 @@ def make(vocab: int = 100, **opts) -> GPT:
 
 
 def expected_params(depth: int, vocab: int, head_dim: int = 128, n_kv_head: int | None = None):
-    """Parameter count from the architecture: embedding + head + per-block matrices."""
+    """Parameter count from the architecture: embedding + head + per-block matrices, and the
+    default options' value embeddings (4 tables, capped at depth; a 2-scalar mix in each layer
+    that reads one) and per-layer residual scalars (2 per layer)."""
     c = 64 * depth
     h = max(1, math.ceil(c / head_dim))
     kv = n_kv_head or h
     vp = math.ceil(vocab / 64) * 64
     block = c * h * head_dim + 2 * c * kv * head_dim + h * head_dim * c + 2 * c * 4 * c
-    return 2 * vp * c + depth * block
+    tables = min(4, depth)
+    ve_layers = len({*range(tables), *range(depth - tables, depth)})
+    extra = tables * vp * kv * head_dim + 2 * ve_layers + 2 * depth
+    return 2 * vp * c + depth * block + extra
 
 
 @pytest.mark.parametrize(
@@ -65,8 +70,13 @@ def test_shapes_and_parameter_counts(depth, vocab, head_dim, n_kv_head) -> None:
 
 def test_exact_count_d4_tiny() -> None:
     # depth 4, vocab 4096: width 256, 2 heads of 128; 2*4096*256 + 4*(4*256*256 + 8*256*256)
-    model = GPTFactory(GPTOptions(depth=4)).build(GPTFactory(GPTOptions(depth=4)).config(4096))
+    today = GPTOptions(depth=4, value_embeds=0, layer_scalars=False)
+    model = GPTFactory(today).build(GPTFactory(today).config(4096))
     assert model.num_params() == 2_097_152 + 3_145_728 == 5_242_880
+    # the defaults add 4 value-embedding tables (4096 x 256, one per layer), their mixes (2
+    # scalars per layer) and 2 residual scalars per layer
+    model = GPTFactory(GPTOptions(depth=4)).build(GPTFactory(GPTOptions(depth=4)).config(4096))
+    assert model.num_params() == 5_242_880 + 4 * 4096 * 256 + 4 * 2 + 4 * 2
 
 
 def test_vocab_padding_and_ignore_index() -> None:
@@ -175,6 +185,9 @@ def test_gqa_equals_mha_with_repeated_kv_heads() -> None:
             src = dict(gqa.named_parameters())[name]
             if name.endswith(("c_k.weight", "c_v.weight")):
                 p.copy_(src.view(kv, d, -1).repeat_interleave(h // kv, dim=0).reshape(h * d, -1))
+            elif name.startswith("value_embeds."):  # value embeddings are per KV head too
+                rows = src.size(0)
+                p.copy_(src.view(rows, kv, d).repeat_interleave(h // kv, dim=1).view(rows, -1))
             else:
                 p.copy_(src)
     idx = torch.randint(0, 100, (2, 12))
@@ -194,7 +207,9 @@ def test_flops_per_token_hand_count() -> None:
     # 6 * 409,600 = 2,457,600; attention 12 * L(2) * H(1) * Dh(128) * T(16) = 49,152
     assert model.flops_per_token() == 2_457_600 + 49_152
     # torch's own FLOP counter over forward + backward of one full sequence agrees, except that
-    # it also counts recomputing Q K^T in the attention backward: 2 * H * Dh * T² per layer
+    # it also counts recomputing Q K^T in the attention backward: 2 * H * Dh * T² per layer.
+    # (The plain head: the fused one makes its gradients with out= products the counter misses.)
+    model.fused_head = False
     idx = torch.randint(0, 100, (1, 16))
     with FlopCounterMode(display=False) as counter:
         model(idx, idx).backward()
@@ -342,3 +357,8 @@ def test_ddp_muon_matches_single_process(tmp_path: Path) -> None:
     assert result["replica_max_diff"] == 0.0  # replicas bit-identical
     assert result["moved"] > 1e-3  # training changed the weights
     assert result["single_max_diff"] < 1e-4  # same as one process on the whole batch
+    # sharded Newton-Schulz (each rank its share, then all-gathered) = every rank doing all
+    assert result["steps"] == 5 and result["sharded_vs_unsharded_max_diff"] < 1e-5
+    # rank 0 orthogonalised about half the matrices (shapes split 6+6, 2+1 padded, 2+1 padded)
+    assert result["ns_matrices_unsharded"] == 5 * 18
+    assert result["ns_matrices_sharded"] == 5 * (6 + 2 + 2)

@@ -49,6 +49,21 @@ Forward pass (no biases; `norm(x) = x / sqrt(mean(x^2) + eps)` without weights, 
         x = x + mlp.c_proj(relu(mlp.c_fc(norm(x)))^2)
     logits = softcap * tanh(lm_head(norm(x)) / softcap)           # when softcap > 0
 
+Options in `config.json` (each absent or off means the loop above as written; `L` = n_layer):
+
+- `value_embeds` K > 0: tensors `value_embeds.{j}.weight` (V, K*D) and
+  `blocks.{i}.attn.ve_lambdas` (2,). Layer i reads table i when i < K, else table i - (L - K)
+  when i >= L - K; then, after splitting into heads, `v = ve_lambdas[0] * v +
+  ve_lambdas[1] * value_embeds[table][ids]`.
+- `layer_scalars`: `resid_lambdas` (L,) and `x0_lambdas` (L,); before block i,
+  `x = resid_lambdas[i] * x + x0_lambdas[i] * x0` with `x0 = norm(wte[ids])`.
+- `skip_connections`: `skip_weights` (L // 2,); the outputs of blocks 0 .. L//2 - 1 are added,
+  times their weight, to the inputs of the last L // 2 blocks in mirror order (block L - 1 - j
+  gets the output of block j), after the scalars above.
+- `window_pattern` / `short_window`: letter i % len(pattern) of the pattern says whether layer
+  i attends to the whole context (`L`) or only the last `short_window` positions including
+  its own (`S`; 0 means sequence_len // 2); the last layer is always `L`.
+
 The tokenizer is in `tokenizer/` (nanochat's format) and, when available, `tokenizer.json`.
 """
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from nanochat.core.errors import UsageError
 from nanochat.core.models import OptimizerSettings
 from nanochat.plugins.gpt.model import GPT, GPTConfig
 from nanochat.plugins.gpt.muon import Muon
@@ -16,6 +17,7 @@ from nanochat.plugins.gpt.options import GPTOptions
 ADAMW_BETAS = (0.8, 0.95)
 ADAMW_EPS = 1e-10
 REFERENCE_WIDTH = 768  # AdamW learning rates are tuned at this width and scaled as 1/sqrt(width)
+SCALAR_LR_SCALE = 0.1  # scalars (mixing weights near 1) take scalar_lr x this, not width-scaled
 
 
 class GPTFactory:
@@ -38,9 +40,21 @@ class GPTFactory:
 
         Returns:
             A dict with ``vocab_size, n_layer, n_head, n_kv_head, n_embd, head_dim,
-            sequence_len, softcap, vocab_multiple``.
+            sequence_len, softcap, vocab_multiple, value_embeds, layer_scalars,
+            skip_connections, window_pattern, short_window``.
+
+        ``value_embeds`` is capped at ``depth``.
+
+        Raises:
+            UsageError: ``window_pattern`` is empty or has letters other than S and L.
         """
         o = self.options
+        pattern = o.window_pattern.upper()
+        if not pattern or set(pattern) - {"S", "L"}:
+            raise UsageError(
+                f"option model.window_pattern={o.window_pattern!r}: use the letters S (short "
+                "window) and L (whole context), e.g. SSSL"
+            )
         n_embd = o.aspect_ratio * o.depth
         n_head = max(1, math.ceil(n_embd / o.head_dim))
         n_kv_head = n_head if o.n_kv_head is None else o.n_kv_head
@@ -54,6 +68,11 @@ class GPTFactory:
             sequence_len=o.sequence_len,
             softcap=o.softcap,
             vocab_multiple=o.vocab_multiple,
+            value_embeds=min(o.value_embeds, o.depth),
+            layer_scalars=o.layer_scalars,
+            skip_connections=o.skip_connections,
+            window_pattern=pattern,
+            short_window=o.short_window,
         )
         return cfg.to_dict()
 
@@ -77,7 +96,8 @@ class GPTFactory:
     def optimizers(self, model: GPT, settings: OptimizerSettings) -> list[torch.optim.Optimizer]:
         """Muon for the hidden matrices, AdamW for the rest, each group with ``initial_lr``.
 
-        The AdamW learning rates are given at width 768 and scaled by ``sqrt(768 / n_embd)``.
+        The AdamW learning rates of the embeddings and the head are given at width 768 and
+        scaled by ``sqrt(768 / n_embd)``; scalars take ``scalar_lr * 0.1`` at any width.
         Weight decay is decoupled and applies to the matrices and embeddings, not to scalars.
         Under DDP call this on every rank after wrapping: gradients arrive averaged and both
         optimizers are deterministic, so replicas stay identical (see :mod:`.muon`).
@@ -104,7 +124,7 @@ class GPTFactory:
                 lr=s.unembedding_lr * width_scale,
                 weight_decay=s.weight_decay,
             ),
-            dict(params=groups["scalar"], lr=s.scalar_lr * width_scale, weight_decay=0.0),
+            dict(params=groups["scalar"], lr=s.scalar_lr * SCALAR_LR_SCALE, weight_decay=0.0),
         ]
         adam_groups = [g for g in adam_groups if g["params"]]
         fused = all(p.is_cuda for g in adam_groups for p in g["params"])

@@ -10,7 +10,7 @@ read: attention masks every key beyond the querying token's position.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -125,7 +125,10 @@ class KVCache:
             self.values = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
             self._layers = [(self.keys[i], self.values[i]) for i in range(self.n_layer)]
         b, h, t, d = k.shape
-        layer_k, layer_v = self._layers[layer_idx]
+        if torch.is_grad_enabled():  # autograd tracks writes through fresh views only
+            layer_k, layer_v = self.keys[layer_idx], self.values[layer_idx]
+        else:
+            layer_k, layer_v = self._layers[layer_idx]
         if start is not None and rows is None:
             layer_k.narrow(2, start, t).copy_(k)
             layer_v.narrow(2, start, t).copy_(v)
@@ -163,6 +166,26 @@ class CachedPass:
     causal: bool
     rows: torch.Tensor | None  # the cache rows of the batch's lines (None: all, in order)
     start: int | None  # the rows' common first position, when they share one
+    _windows: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def windowed(self, window: int) -> torch.Tensor:
+        """The ``(B, 1, T, length)`` mask of a sliding-window layer (made once per pass)."""
+        if window not in self._windows:
+            positions = self.positions
+            if positions is None:  # rows sharing a start: one mask for all of them
+                assert self.start is not None
+                device = self.cache.keys.device if self.cache.keys is not None else None
+                positions = torch.arange(self.start, self.length, device=device)[None]
+            self._windows[window] = window_mask(positions, self.length, window)
+        return self._windows[window]
+
+
+def window_mask(positions: torch.Tensor, length: int, window: int) -> torch.Tensor:
+    """Sliding-window causal mask ``(B, 1, T, length)``: key ``j`` is visible to the token at
+    position ``p`` (from ``positions``, ``B, T``) when ``p - window < j <= p``."""
+    keys = torch.arange(length, device=positions.device)
+    p = positions[:, :, None]
+    return ((keys <= p) & (keys > p - window))[:, None]
 
 
 def begin_cached_pass(

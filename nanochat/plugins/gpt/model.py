@@ -11,68 +11,41 @@ Reading order: config, helpers (RMSNorm, rotary), attention, MLP, block, model.
 - Untied token embedding (``wte``) and output head (``lm_head``); no biases anywhere.
 - Logit softcap ``softcap * tanh(logits / softcap)`` computed in fp32 (Gemma 2).
 - The vocabulary is padded to a multiple of ``vocab_multiple`` rows; logits are sliced back.
+- The head, soft-cap and loss run fused in chunks of rows (:mod:`.head`).
+
+Options from the 2025-26 small-model speedruns (all off in a config that predates them):
+
+- Value embeddings (``value_embeds``): extra embedding tables of the input ids added to the
+  attention values (ResFormer / modded-nanogpt); table ``j`` feeds layer ``j`` and layer
+  ``L - K + j`` (the first and last ``K`` layers, U-net style), mixed as
+  ``v = a * v + b * ve`` with learnable per-layer ``a, b``.
+- Per-layer residual scalars (``layer_scalars``): before block ``i`` the stream becomes
+  ``r_i * x + s_i * x0``, ``x0`` the normed embedding (learnable, starting at 1 and 0).
+- U-net skips (``skip_connections``): the outputs of the first ``L // 2`` blocks are added to
+  the inputs of the last ``L // 2`` blocks in mirror order, with learnable weights (from 0).
+- Sliding-window attention (``window_pattern``): a pattern over ``S`` (the last ``short_window``
+  tokens) and ``L`` (the whole context) tiled over the layers; the last layer is always ``L``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanochat.plugins.gpt.config import GPTConfig
+from nanochat.plugins.gpt.head import head_loss
 from nanochat.plugins.gpt.infer_linear import InferenceWeights
-from nanochat.plugins.gpt.kv_cache import CachedPass, KVCache, begin_cached_pass
+from nanochat.plugins.gpt.kv_cache import CachedPass, KVCache, begin_cached_pass, window_mask
 
 ROTARY_BASE = 10000.0
 ROTARY_LEN_FACTOR = 10  # rotary tables cover this many times sequence_len (for generation)
+__all__ = ["GPT", "GPTConfig"]
 _EPS32 = torch.finfo(torch.float32).eps
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
-
-
-@dataclass
-class GPTConfig:
-    """The JSON-serialisable shape of a GPT (stored in every checkpoint).
-
-    Attributes:
-        vocab_size: number of token ids the tokenizer produces.
-        n_layer: transformer blocks.
-        n_head: query heads.
-        n_kv_head: key/value heads; divides ``n_head``.
-        n_embd: width of the residual stream.
-        head_dim: width of one head (attention width is ``n_head * head_dim``).
-        sequence_len: training context length.
-        softcap: logit softcap; 0 disables it.
-        vocab_multiple: embedding/head rows are padded up to a multiple of this.
-    """
-
-    vocab_size: int = 4096
-    n_layer: int = 4
-    n_head: int = 2
-    n_kv_head: int = 2
-    n_embd: int = 256
-    head_dim: int = 128
-    sequence_len: int = 256
-    softcap: float = 15.0
-    vocab_multiple: int = 64
-
-    def __post_init__(self) -> None:
-        if self.n_head % self.n_kv_head != 0:
-            raise ValueError(f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}")
-        if self.head_dim % 2 != 0:
-            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        """``vocab_size`` rounded up to a multiple of ``vocab_multiple``."""
-        m = self.vocab_multiple
-        return (self.vocab_size + m - 1) // m * m
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a plain dict (for JSON)."""
-        return asdict(self)
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -138,28 +111,42 @@ class CausalSelfAttention(nn.Module):
         self.c_k = nn.Linear(c, self.n_kv_head * self.head_dim, bias=False)
         self.c_v = nn.Linear(c, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(self.n_head * self.head_dim, c, bias=False)
+        self.window = config.window(layer_idx)
+        # value-embedding mix v = a * v + b * ve (only in layers that read a table)
+        has_ve = config.value_table(layer_idx) is not None
+        self.ve_lambdas = nn.Parameter(torch.full((2,), 0.5)) if has_ve else None
 
     def forward(
         self,
         x: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
         cached: CachedPass | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Causal attention over ``x``; with ``cached``, also over what each cache row holds."""
+        """Causal attention over ``x``; with ``cached``, also over what each cache row holds.
+        ``ve`` (``B, T, n_kv_head * head_dim``) is this layer's value embedding, if any."""
         B, T, _ = x.shape
         cos, sin = cos_sin
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        v = self.mix_values(v, ve)
         y = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cached)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def mix_values(self, v: torch.Tensor, ve: torch.Tensor | None) -> torch.Tensor:
+        """``a * v + b * ve`` in a layer that reads a value embedding, else ``v``."""
+        if ve is None or self.ve_lambdas is None:
+            return v
+        return self.ve_lambdas[0] * v + self.ve_lambdas[1] * ve.view_as(v)
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cached: CachedPass | None
     ) -> torch.Tensor:
         """Attention of queries ``(B, H, T, D)`` over the new keys/values (``B, H_kv, T, D``)
-        and, with ``cached``, over what the cache rows already hold; ``(B, H, T, D)``."""
+        and, with ``cached``, over what the cache rows already hold; ``(B, H, T, D)``. A
+        sliding-window layer sees only its last ``window`` keys."""
         gqa: dict[str, Any] = {}
         if cached is not None:
             k, v = cached.cache.insert_kv(
@@ -172,8 +159,15 @@ class CausalSelfAttention(nn.Module):
             else:
                 groups = self.n_head // self.n_kv_head
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        if cached is None and self.window:
+            T = q.size(2)
+            mask = window_mask(torch.arange(T, device=q.device)[None], T, self.window)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
         if cached is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
+        if self.window:
+            mask = cached.windowed(self.window)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=cached.mask, is_causal=cached.causal, **gqa
         )
@@ -205,9 +199,10 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
         cached: CachedPass | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Apply the block."""
-        x = x + self.attn(norm(x), cos_sin, cached)
+        """Apply the block (``ve``: the value embedding of its attention, if any)."""
+        x = x + self.attn(norm(x), cos_sin, cached, ve)
         return x + self.mlp(norm(x))
 
     def infer(
@@ -216,6 +211,7 @@ class Block(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor],
         weights: InferenceWeights,
         cached: CachedPass | None = None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`forward` without autograd, in fewer operations (a decode step costs per
         operation, not per FLOP): one q/k/v projection, one rotary and one norm for queries and
@@ -227,7 +223,7 @@ class Block(nn.Module):
         qkv = weights.linear(norm(x), attn.c_q.weight, attn.c_k.weight, attn.c_v.weight)
         qkv = qkv.view(B, T, -1, attn.head_dim)
         qk = norm(apply_rotary_full(qkv[:, :, :n_qk], *rotary)).transpose(1, 2)
-        v = qkv[:, :, n_qk:].transpose(1, 2)
+        v = attn.mix_values(qkv[:, :, n_qk:], ve).transpose(1, 2)
         y = attn.attend(qk[:, : attn.n_head], qk[:, attn.n_head :], v, cached)
         x = x + weights.linear(y.transpose(1, 2).reshape(B, T, -1), attn.c_proj.weight)
         h = F.relu_(weights.linear(norm(x), self.mlp.c_fc.weight)).square_()
@@ -239,7 +235,13 @@ class GPT(nn.Module):
 
     Args:
         config: the model's shape.
+
+    Attributes:
+        fused_head: compute the loss with the fused chunked head (:mod:`.head`); False gives
+            the plain path (whole logits, then cross-entropy), same values, for comparisons.
     """
+
+    fused_head = True
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -247,6 +249,15 @@ class GPT(nn.Module):
         vp = config.padded_vocab_size
         self.wte = nn.Embedding(vp, config.n_embd)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        kv_dim = config.n_kv_head * config.head_dim
+        self.value_embeds = nn.ModuleList(
+            [nn.Embedding(vp, kv_dim) for _ in range(config.value_embeds)]
+        )
+        n = config.n_layer
+        scalars = config.layer_scalars
+        self.resid_lambdas = nn.Parameter(torch.ones(n)) if scalars else None
+        self.x0_lambdas = nn.Parameter(torch.zeros(n)) if scalars else None
+        self.skip_weights = nn.Parameter(torch.zeros(n // 2)) if config.skip_connections else None
         self.lm_head = nn.Linear(config.n_embd, vp, bias=False)
         self.rotary_len = config.sequence_len * ROTARY_LEN_FACTOR
         cos, sin = rotary_tables(self.rotary_len, config.head_dim, device=self.wte.weight.device)
@@ -264,9 +275,15 @@ class GPT(nn.Module):
 
         Token embedding ~ N(0, 1); head ~ N(0, 0.001²); the input projections of attention and
         MLP ~ U(-s, s) with ``s = sqrt(3 / fan_in)`` (unit-variance outputs); the output
-        projections ``c_proj`` start at zero, so every block starts as the identity.
+        projections ``c_proj`` start at zero, so every block starts as the identity. Value
+        embeddings ~ N(0, 1), mixed in half and half; residual scalars 1, embedding scalars and
+        skip weights 0 (the stream starts as without them).
         """
         nn.init.normal_(self.wte.weight, mean=0.0, std=1.0)
+        for table in self.value_embeds:
+            nn.init.normal_(cast(nn.Embedding, table).weight, mean=0.0, std=1.0)
+        for scalar, value in self._scalar_inits():
+            scalar.fill_(value)
         nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
         for block in self.block_list():
             for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
@@ -274,9 +291,15 @@ class GPT(nn.Module):
                 nn.init.uniform_(lin.weight, -s, s)
             nn.init.zeros_(block.attn.c_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
+            if block.attn.ve_lambdas is not None:
+                block.attn.ve_lambdas.fill_(0.5)
         cos, sin = rotary_tables(self.rotary_len, self.config.head_dim, device=self.cos.device)
         self.cos.copy_(cos)
         self.sin.copy_(sin)
+
+    def _scalar_inits(self) -> list[tuple[nn.Parameter, float]]:
+        pairs = [(self.resid_lambdas, 1.0), (self.x0_lambdas, 0.0), (self.skip_weights, 0.0)]
+        return [(p, v) for p, v in pairs if p is not None]
 
     def block_list(self) -> list[Block]:
         """The transformer blocks, in order."""
@@ -312,24 +335,56 @@ class GPT(nn.Module):
         T = idx.size(1)
         if self.rotary_len < T:
             raise ValueError(f"sequence of {T} tokens exceeds rotary length {self.rotary_len}")
-        x = norm(self.wte(idx))
-        if torch.is_grad_enabled():
-            cos_sin = self.cos[:, :T], self.sin[:, :T]
-            for block in self.block_list():
-                x = block(x, cos_sin)
-        else:
-            cos, sin = self._full_tables()
-            for block in self.block_list():
-                x = block.infer(x, (cos[:, :T], sin[:, :T]), self._weights)
-        logits = self._logits(x)
+        x = self._trunk(idx, T)
         if targets is None:
-            return logits
-        return F.cross_entropy(
-            logits.view(-1, logits.size(-1)),
-            targets.reshape(-1),
-            ignore_index=-1,
-            reduction=loss_reduction,
-        )
+            return self._logits(x)
+        if not self.fused_head:  # the plain path: whole fp32 logits, then cross-entropy
+            logits = self._logits(x)
+            return F.cross_entropy(
+                logits.view(-1, logits.size(-1)),
+                targets.reshape(-1),
+                ignore_index=-1,
+                reduction=loss_reduction,
+            )
+        head = self.lm_head.weight[: self.config.vocab_size]
+        return head_loss(norm(x), head, targets, self.config.softcap, loss_reduction)
+
+    def _trunk(
+        self,
+        idx: torch.Tensor,
+        T: int,
+        cache: KVCache | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The residual stream after the last block (before the final norm), over ``idx``
+        alone or, with ``cache``, continuing its ``rows``. With autograd the blocks run their
+        modules; without, :meth:`Block.infer`."""
+        infer = not torch.is_grad_enabled()
+        cos, sin = self._full_tables() if infer else (self.cos, self.sin)
+        cached = None
+        if cache is None:
+            rotary = cos[:, :T], sin[:, :T]
+        else:
+            rotary, cached = begin_cached_pass(cache, idx, rows, cos, sin, self.rotary_len)
+        x = x0 = norm(self.wte(idx))
+        ves = [table(idx) for table in self.value_embeds]
+        n = self.config.n_layer
+        n_skip = 0 if self.skip_weights is None else self.skip_weights.numel()
+        skips: list[torch.Tensor] = []
+        for i, block in enumerate(self.block_list()):
+            if self.resid_lambdas is not None and self.x0_lambdas is not None:
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            if self.skip_weights is not None and i >= n - n_skip:
+                x = x + self.skip_weights[i - (n - n_skip)] * skips.pop()
+            table = self.config.value_table(i)
+            ve = None if table is None else ves[table]
+            if infer:
+                x = block.infer(x, rotary, self._weights, cached, ve)
+            else:
+                x = block(x, rotary, cached, ve)
+            if i < n_skip:
+                skips.append(x)
+        return x
 
     def forward_cached(
         self, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None
@@ -345,19 +400,8 @@ class GPT(nn.Module):
             fp32 logits ``(B, T, vocab_size)``.
         """
         T = idx.size(1)
-        x = norm(self.wte(idx))
-        if torch.is_grad_enabled():
-            cos_sin, cached = begin_cached_pass(
-                cache, idx, rows, self.cos, self.sin, self.rotary_len
-            )
-            for block in self.block_list():
-                x = block(x, cos_sin, cached)
-        else:
-            cos, sin = self._full_tables()
-            rotary, cached = begin_cached_pass(cache, idx, rows, cos, sin, self.rotary_len)
-            for block in self.block_list():
-                x = block.infer(x, rotary, self._weights, cached)
-        cache.advance(T, cached.rows)
+        x = self._trunk(idx, T, cache, rows)
+        cache.advance(T, rows)
         return self._logits(x)
 
     def _full_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,15 +433,17 @@ class GPT(nn.Module):
         """The parameters by optimizer role.
 
         Returns:
-            ``{"matrix": 2-D hidden weights (Muon), "embedding": [wte], "unembedding": [lm_head],
-            "scalar": 0/1-D parameters (none in this model)}``; together they hold every
-            parameter exactly once.
+            ``{"matrix": 2-D hidden weights (Muon), "embedding": [wte, value embeddings],
+            "unembedding": [lm_head], "scalar": 0/1-D parameters (value-embedding mixes,
+            residual and skip scalars)}``; together they hold every parameter exactly once.
         """
         matrix = [p for p in self.blocks.parameters() if p.ndim >= 2]
         scalar = [p for p in self.blocks.parameters() if p.ndim < 2]
+        scalar += [p for p, _ in self._scalar_inits()]
+        tables = [cast(nn.Parameter, cast(nn.Embedding, t).weight) for t in self.value_embeds]
         return {
             "matrix": matrix,
-            "embedding": [cast(nn.Parameter, self.wte.weight)],
+            "embedding": [cast(nn.Parameter, self.wte.weight), *tables],
             "unembedding": [cast(nn.Parameter, self.lm_head.weight)],
             "scalar": scalar,
         }
@@ -409,17 +455,21 @@ class GPT(nn.Module):
     def flops_per_token(self) -> int:
         """Training FLOPs per token (forward + backward) at ``sequence_len``, for MFU.
 
-        ``6 * N + 12 * L * H * Dh * T``, where ``N`` counts the weights of every matrix multiply
-        (all parameters except the token embedding, which is a lookup; the head's padded rows
-        are included because they are computed): 2 FLOPs per weight per token forward, 4
-        backward. The second term is attention itself: per layer and token, ``Q K^T`` and
-        ``A V`` each cost ``2 * H * Dh * T`` forward, times 3 for forward + backward. As in
+        ``6 * N + 12 * H * Dh * sum_l T_l``, where ``N`` counts the weights of every matrix
+        multiply (all parameters except the token and value embeddings, which are lookups, and
+        the scalars; the head's padded rows are included because they are computed): 2 FLOPs
+        per weight per token forward, 4 backward. The second term is attention itself: per
+        layer and token, ``Q K^T`` and ``A V`` each cost ``2 * H * Dh * T_l`` forward, times 3
+        for forward + backward, where ``T_l`` is ``T`` or the layer's shorter window. As in
         the PaLM / nanoGPT convention the causal mask is not discounted, and norms, rotary,
         softmax and the softcap are not counted.
         """
         c = self.config
-        n_matmul = self.num_params() - self.wte.weight.numel()
-        return 6 * n_matmul + 12 * c.n_layer * c.n_head * c.head_dim * c.sequence_len
+        groups = self.parameter_groups()
+        lookups = [*groups["embedding"], *groups["scalar"]]
+        n_matmul = self.num_params() - sum(p.numel() for p in lookups)
+        spans = sum(min(c.window(i) or c.sequence_len, c.sequence_len) for i in range(c.n_layer))
+        return 6 * n_matmul + 12 * c.n_head * c.head_dim * spans
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty generation cache of ``batch_size`` rows (``max_len`` <= ``max_context``)."""

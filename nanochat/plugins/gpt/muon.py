@@ -14,10 +14,12 @@ of one shape are orthogonalised together, as one batch, with fused multiply-adds
 (``addmm``/``baddbmm``): on CPU this is several times faster than one matrix at a time.
 
 Under DDP: gradients are all-reduced (averaged) by DDP during ``backward()``, so every rank holds
-the same gradient; the step below is deterministic, so running the same :class:`Muon` step on
-every rank keeps all replicas identical without any extra communication. (The Newton-Schulz work
-is repeated on every rank; a sharded variant that splits it across ranks and all-gathers the
-results would be faster on many GPUs but is not needed for correctness.)
+the same gradient and the same momentum. With ``world_size > 1`` and a process group, the
+Newton-Schulz work is sharded: the matrices of one shape are split into equal shares (padded
+with zero matrices), each rank orthogonalises its share, and one all-gather gives every rank
+every result; each rank then applies the same updates, so replicas stay identical and the
+momentum buffers (and so checkpoints) are the same on every rank. With ``world_size`` 1 every
+rank would repeat all the work, which is also what happens without a process group.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -67,6 +70,8 @@ class Muon(torch.optim.Optimizer):
         nesterov: use the Nesterov form of momentum.
         ns_steps: Newton-Schulz iterations.
         weight_decay: decoupled weight decay (``W <- W * (1 - lr * wd)``).
+        world_size: data-parallel ranks holding identical gradients (DDP); above 1, with a
+            process group of that size, the orthogonalisation is sharded across them.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class Muon(torch.optim.Optimizer):
         nesterov: bool = True,
         ns_steps: int = 5,
         weight_decay: float = 0.0,
+        world_size: int = 1,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -86,6 +92,7 @@ class Muon(torch.optim.Optimizer):
             weight_decay=weight_decay,
         )
         super().__init__(params, defaults)
+        self.defaults["world_size"] = world_size  # not a group setting (saved state unchanged)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
@@ -127,10 +134,30 @@ class Muon(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(grad, 1 - mu)
             updates.append(grad.lerp(buf, mu) if group["nesterov"] else buf)
-        ortho = zeropower_via_newtonschulz5(torch.stack(updates), steps=group["ns_steps"])
+        ortho = self._orthogonalise(torch.stack(updates), group["ns_steps"])
         rows, cols = params[0].shape
         scale = max(1.0, rows / cols) ** 0.5
         for p, o in zip(params, ortho.unbind(0), strict=True):
             if wd:
                 p.mul_(1 - lr * wd)
             p.add_(o.to(p.dtype), alpha=-lr * scale)
+
+    def _orthogonalise(self, stacked: Tensor, steps: int) -> Tensor:
+        """Newton-Schulz of a stack of same-shape updates, sharded across ranks when sharding."""
+        world = int(self.defaults.get("world_size", 1))
+        if world <= 1 or not dist.is_available() or not dist.is_initialized():
+            return zeropower_via_newtonschulz5(stacked, steps=steps)
+        if dist.get_world_size() != world:
+            raise RuntimeError(
+                f"Muon expects {world} ranks, the process group has {dist.get_world_size()}"
+            )
+        n = stacked.size(0)
+        per = -(-n // world)
+        if per * world > n:  # zero matrices pad the last share (they orthogonalise to zero)
+            pad = stacked.new_zeros((per * world - n, *stacked.shape[1:]))
+            stacked = torch.cat([stacked, pad])
+        rank = dist.get_rank()
+        mine = zeropower_via_newtonschulz5(stacked[rank * per : (rank + 1) * per], steps=steps)
+        shares = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(shares, mine.contiguous())
+        return torch.cat(shares)[:n]

@@ -1,4 +1,5 @@
-"""Matrix products against weights laid out for inference (no autograd).
+"""Matrix products against weights laid out for inference (no autograd), and small parameters
+read as Python numbers.
 
 A decode step multiplies a few rows by every weight matrix once: matrix-vector products whose
 speed is the speed of reading the weights. On a CPU, ``F.linear`` with a handful of rows runs
@@ -30,6 +31,18 @@ class InferenceWeights:
     def __init__(self) -> None:
         self._stacked: dict[tuple[int, ...], tuple[_Key, torch.Tensor]] = {}
         self._split: dict[tuple[int, ...], tuple[_Key, int, torch.Tensor]] = {}
+        self._floats: dict[tuple[int, ...], tuple[_Key, list[float]]] = {}
+
+    def floats(self, scalars: torch.Tensor) -> list[float]:
+        """A small parameter's values as Python numbers (a scalar of a Python number costs no
+        indexing operation and no tensor multiply in a decode step), read again when it
+        changed."""
+        ids, key = _identity((scalars,))
+        held = self._floats.get(ids)
+        if held is None or held[0] != key:
+            held = (key, [float(v) for v in scalars.detach().float().reshape(-1).tolist()])
+            self._floats[ids] = held
+        return held[1]
 
     def stacked(self, *weights: torch.Tensor) -> torch.Tensor:
         """``weights`` (each ``(out_i, in)``) stacked into one ``(sum out_i, in)`` matrix."""

@@ -223,7 +223,11 @@ class Block(nn.Module):
         qkv = weights.linear(norm(x), attn.c_q.weight, attn.c_k.weight, attn.c_v.weight)
         qkv = qkv.view(B, T, -1, attn.head_dim)
         qk = norm(apply_rotary_full(qkv[:, :, :n_qk], *rotary)).transpose(1, 2)
-        v = attn.mix_values(qkv[:, :, n_qk:], ve).transpose(1, 2)
+        v = qkv[:, :, n_qk:]
+        if ve is not None and attn.ve_lambdas is not None:
+            a, b = weights.floats(attn.ve_lambdas)
+            v = v * a + ve.view_as(v) * b
+        v = v.transpose(1, 2)
         y = attn.attend(qk[:, : attn.n_head], qk[:, attn.n_head :], v, cached)
         x = x + weights.linear(y.transpose(1, 2).reshape(B, T, -1), attn.c_proj.weight)
         h = F.relu_(weights.linear(norm(x), self.mlp.c_fc.weight)).square_()
@@ -371,11 +375,12 @@ class GPT(nn.Module):
         n = self.config.n_layer
         n_skip = 0 if self.skip_weights is None else self.skip_weights.numel()
         skips: list[torch.Tensor] = []
+        resid, mixes, skip_weights = self._stream_scalars(infer)
         for i, block in enumerate(self.block_list()):
-            if self.resid_lambdas is not None and self.x0_lambdas is not None:
-                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            if self.skip_weights is not None and i >= n - n_skip:
-                x = x + self.skip_weights[i - (n - n_skip)] * skips.pop()
+            if resid is not None and mixes is not None:
+                x = resid[i] * x + mixes[i] * x0
+            if skip_weights is not None and i >= n - n_skip:
+                x = x + skip_weights[i - (n - n_skip)] * skips.pop()
             table = self.config.value_table(i)
             ve = None if table is None else ves[table]
             if infer:
@@ -385,6 +390,14 @@ class GPT(nn.Module):
             if i < n_skip:
                 skips.append(x)
         return x
+
+    def _stream_scalars(self, infer: bool) -> tuple[Any, Any, Any]:
+        """The residual, embedding-mix and skip scalars (None where off): the parameters, or
+        without autograd their values as Python numbers (fewer operations per decode step)."""
+        scalars = (self.resid_lambdas, self.x0_lambdas, self.skip_weights)
+        if not infer:
+            return scalars
+        return tuple(None if p is None else self._weights.floats(p) for p in scalars)
 
     def forward_cached(
         self, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None

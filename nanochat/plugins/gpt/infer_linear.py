@@ -44,14 +44,16 @@ class InferenceWeights:
             self._floats[ids] = held
         return held[1]
 
-    def stacked(self, *weights: torch.Tensor) -> torch.Tensor:
-        """``weights`` (each ``(out_i, in)``) stacked into one ``(sum out_i, in)`` matrix."""
+    def stacked(self, *weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """``weights`` (each ``(out_i, in)``) stacked into one ``(sum out_i, in)`` matrix (with
+        ``dim=1``, side by side: embedding tables read by one lookup)."""
         if len(weights) == 1:
             return weights[0].detach()
         ids, key = _identity(weights)
+        ids += (dim,)
         held = self._stacked.get(ids)
         if held is None or held[0] != key:
-            held = (key, torch.cat([w.detach() for w in weights]))
+            held = (key, torch.cat([w.detach() for w in weights], dim=dim))
             self._stacked[ids] = held
         return held[1]
 

@@ -371,7 +371,7 @@ class GPT(nn.Module):
         else:
             rotary, cached = begin_cached_pass(cache, idx, rows, cos, sin, self.rotary_len)
         x = x0 = norm(self.wte(idx))
-        ves = [table(idx) for table in self.value_embeds]
+        ves = self._value_embeddings(idx, infer)
         n = self.config.n_layer
         n_skip = 0 if self.skip_weights is None else self.skip_weights.numel()
         skips: list[torch.Tensor] = []
@@ -390,6 +390,15 @@ class GPT(nn.Module):
             if i < n_skip:
                 skips.append(x)
         return x
+
+    def _value_embeddings(self, idx: torch.Tensor, infer: bool) -> list[torch.Tensor]:
+        """Each value-embedding table's rows for ``idx``; without autograd all tables are
+        read by one lookup in a side-by-side copy."""
+        tables = [cast(nn.Embedding, t).weight for t in self.value_embeds]
+        if not infer or len(tables) < 2:
+            return [F.embedding(idx, table) for table in tables]
+        rows = F.embedding(idx, self._weights.stacked(*tables, dim=1))
+        return list(rows.split(tables[0].size(1), dim=-1))
 
     def _stream_scalars(self, infer: bool) -> tuple[Any, Any, Any]:
         """The residual, embedding-mix and skip scalars (None where off): the parameters, or

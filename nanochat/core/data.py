@@ -221,7 +221,9 @@ class Choice:
 
     def __post_init__(self) -> None:
         if len(self.options) < 2:
-            raise DataError(f"a multiple-choice question needs two or more options: {self.question!r}")
+            raise DataError(
+                f"a multiple-choice question needs two or more options: {self.question!r}"
+            )
         if not 0 <= self.answer < len(self.options):
             raise DataError(
                 f"answer index {self.answer} is not one of the {len(self.options)} options"

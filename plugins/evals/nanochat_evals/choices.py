@@ -30,7 +30,7 @@ from nanochat.core import special_tokens as st
 from nanochat.core.conversation import render_for_completion
 from nanochat.core.data import Choice, resolve_split
 from nanochat.core.errors import UsageError
-from nanochat.core.likelihood import next_token_logprobs, score_continuations
+from nanochat.core.likelihood import Autocast, next_token_logprobs, score_continuations
 from nanochat.core.progress import Progress
 from nanochat.core.rollouts import binomial_stderr
 from nanochat_evals.common import checkpoint_label, gather, write_json, write_jsonl
@@ -132,6 +132,63 @@ def summarize(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[st
     return metrics, table
 
 
+def _row(index: int, item: Choice, scores: list[float], extra: dict[str, Any]) -> dict[str, Any]:
+    prediction = max(range(len(scores)), key=lambda i: scores[i])
+    return {
+        "index": index,
+        "subject": item.subject,
+        "question": item.question,
+        "options": list(item.options),
+        "answer": item.answer,
+        "prediction": prediction,
+        "correct": prediction == item.answer,
+        "scores": scores,
+        **extra,
+    }
+
+
+def score_questions(
+    model: Any,
+    tokenizer: Any,
+    method: str,
+    questions: Sequence[tuple[int, Choice]],
+    batch_size: int = 16,
+    autocast: Autocast | None = None,
+) -> list[dict[str, Any]]:
+    """One row per ``(index, question)``: each option's score, the prediction (the highest
+    score; ties go to the first option) and whether it is right.
+
+    ``letters`` scores are the log-probabilities of the option letters as the assistant's first
+    token; ``continuation`` scores are each option's log-likelihood per token (the row also
+    holds the sums, ``logprobs``, and the lengths, ``tokens``).
+    """
+    rows = []
+    if method == "letters":
+        widest = max(len(item.options) for _, item in questions)
+        candidates = letter_ids(tokenizer, widest)
+        prompts = [
+            render_for_completion(tokenizer, [{"role": "user", "content": letter_question(c)}])
+            for _, c in questions
+        ]
+        window = int(model.sequence_len)
+        scores = next_token_logprobs(
+            model, prompts, candidates, batch_size=batch_size, autocast=autocast
+        )
+        for (index, item), prompt, logprobs in zip(questions, prompts, scores, strict=True):
+            extra = {"prompt_tokens": len(prompt), "prompt_cut": len(prompt) > window}
+            rows.append(_row(index, item, logprobs[: len(item.options)], extra))
+        return rows
+    pairs = [p for _, item in questions for p in continuation_pairs(tokenizer, item)]
+    scored = score_continuations(model, pairs, batch_size=batch_size, autocast=autocast)
+    at = 0
+    for index, item in questions:
+        mine = scored[at : at + len(item.options)]
+        at += len(item.options)
+        extra = {"logprobs": [s.logprob for s in mine], "tokens": [s.tokens for s in mine]}
+        rows.append(_row(index, item, [s.mean for s in mine], extra))
+    return rows
+
+
 class MultipleChoiceEval:
     """Accuracy on a ``choices`` dataset, by option letters (chat) or continuations (base)."""
 
@@ -170,7 +227,8 @@ class MultipleChoiceEval:
         with Progress(len(mine), f"eval {o.dataset}", "questions", enabled=rt.is_main) as bar:
             for start in range(0, len(mine), CHUNK):
                 part = mine[start : start + CHUNK]
-                rows += self._score(model, tokenizer, method, [(i, items[i]) for i in part], rt)
+                batch = [(i, items[i]) for i in part]
+                rows += score_questions(model, tokenizer, method, batch, o.batch_size, rt.autocast)
                 bar.update(len(part))
         rows = sorted(gather(rt, rows), key=lambda r: r["index"])
         metrics, table = summarize(rows)
@@ -181,50 +239,3 @@ class MultipleChoiceEval:
             write_jsonl(path, rows)
             write_json(subjects_path, table)
         return {**metrics, "method": method, "items": str(path), "by_subject": str(subjects_path)}
-
-    def _score(
-        self, model: Any, tokenizer: Any, method: str, part: list[tuple[int, Choice]], rt: Any
-    ) -> list[dict[str, Any]]:
-        """One row per question: its scores, prediction and whether it is right."""
-        batch = self.options.batch_size
-        rows = []
-        if method == "letters":
-            widest = max(len(item.options) for _, item in part)
-            candidates = letter_ids(tokenizer, widest)
-            prompts = [
-                render_for_completion(tokenizer, [{"role": "user", "content": letter_question(c)}])
-                for _, c in part
-            ]
-            window = int(model.sequence_len)
-            scores = next_token_logprobs(
-                model, prompts, candidates, batch_size=batch, autocast=rt.autocast
-            )
-            for (index, item), prompt, logprobs in zip(part, prompts, scores, strict=True):
-                mine = logprobs[: len(item.options)]
-                extra = {"prompt_tokens": len(prompt), "prompt_cut": len(prompt) > window}
-                rows.append(self._row(index, item, mine, extra))
-            return rows
-        pairs = [p for _, item in part for p in continuation_pairs(tokenizer, item)]
-        scored = score_continuations(model, pairs, batch_size=batch, autocast=rt.autocast)
-        at = 0
-        for index, item in part:
-            mine = scored[at : at + len(item.options)]
-            at += len(item.options)
-            extra = {"logprobs": [s.logprob for s in mine], "tokens": [s.tokens for s in mine]}
-            rows.append(self._row(index, item, [s.mean for s in mine], extra))
-        return rows
-
-    @staticmethod
-    def _row(index: int, item: Choice, scores: list[float], extra: dict[str, Any]) -> dict[str, Any]:
-        prediction = max(range(len(scores)), key=lambda i: scores[i])
-        return {
-            "index": index,
-            "subject": item.subject,
-            "question": item.question,
-            "options": list(item.options),
-            "answer": item.answer,
-            "prediction": prediction,
-            "correct": prediction == item.answer,
-            "scores": scores,
-            **extra,
-        }

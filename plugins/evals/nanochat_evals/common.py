@@ -42,4 +42,3 @@ def checkpoint_label(ctx: Any) -> str:
     if checkpoint is None:
         return "model"
     return f"{checkpoint.path.parent.parent.name}_{checkpoint.path.name}"
-

@@ -97,7 +97,8 @@ def load_bundle(root: Path, only: Sequence[str] = (), limit: int = 0) -> list[Co
     labels = [str(e.get("label")) for e in entries if isinstance(e, dict)]
     for name in only:
         if name not in labels:
-            raise UsageError(f"the CORE bundle has no task {name!r}; its tasks: {', '.join(labels)}")
+            known = ", ".join(labels)
+            raise UsageError(f"the CORE bundle has no task {name!r}; its tasks: {known}")
     tasks = []
     for entry in entries:
         label, kind = str(entry.get("label")), str(entry.get("icl_task_type"))
@@ -140,7 +141,9 @@ def render_prompts(task: CoreTask, index: int) -> list[str]:
         head = "".join(f"{s['query']}{d}{s['choices'][s['gold']]}\n\n" for s in shots)
         return [f"{head}{item['query']}{d}{choice}" for choice in item["choices"]]
     if task.kind == "schema":
-        head = "".join(f"{s['context_options'][s['gold']]}{d}{s['continuation']}\n\n" for s in shots)
+        head = "".join(
+            f"{s['context_options'][s['gold']]}{d}{s['continuation']}\n\n" for s in shots
+        )
         return [f"{head}{context}{d}{item['continuation']}" for context in item["context_options"]]
     head = "".join(f"{s['context'].strip()}{d}{s['continuation']}\n\n" for s in shots)
     prompt = f"{head}{item['context'].strip()}{d}"
@@ -230,7 +233,9 @@ class CoreEval:
             "items": str(items_path),
         }
 
-    def _score(self, task: CoreTask, tokenizer: Any, model: Any, index: int, rt: Any) -> dict[str, Any]:
+    def _score(
+        self, task: CoreTask, tokenizer: Any, model: Any, index: int, rt: Any
+    ) -> dict[str, Any]:
         pairs = scoring_pairs(task, tokenizer, index)
         scored = score_continuations(
             model, pairs, batch_size=self.options.batch_size, autocast=rt.autocast

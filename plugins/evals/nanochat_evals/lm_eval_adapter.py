@@ -59,7 +59,8 @@ class NanochatLM(LM):  # type: ignore[misc]
         from nanochat.core.registry import get_registry
 
         device_name = str(device) if device else "auto"
-        loaded = load_chat_model(get_registry(), str(run), str(source) if source else None, device_name)
+        stage = str(source) if source else None
+        loaded = load_chat_model(get_registry(), str(run), stage, device_name)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.runtime = loaded.runtime
         self.source = loaded.source

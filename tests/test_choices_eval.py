@@ -123,7 +123,9 @@ def test_both_methods_agree_with_a_hand_computation(tokenizer) -> None:
                 tokenizer, [{"role": "user", "content": letter_question(item)}]
             )
             logprobs = F.log_softmax(model(torch.tensor([ids]))[0, -1].double(), -1)
-            expected = [float(logprobs[tokenizer.encode(L)[0]]) for L in "ABCD"[: len(item.options)]]
+            expected = [
+                float(logprobs[tokenizer.encode(L)[0]]) for L in "ABCD"[: len(item.options)]
+            ]
             assert row["scores"] == pytest.approx(expected, abs=1e-5)
             assert row["prediction"] == max(range(len(expected)), key=expected.__getitem__)
         for (_, item), row in zip(questions, continuation, strict=True):

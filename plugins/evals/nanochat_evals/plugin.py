@@ -11,13 +11,23 @@ from nanochat_evals import options as o
 if TYPE_CHECKING:
     import click
 
-# The multiple-choice evaluators: one class, a default dataset each.
-CHOICE_EVALS: tuple[tuple[str, type, str], ...] = (
-    ("choices", o.ChoicesEvalOptions, "accuracy on any choices dataset (dataset=NAME)"),
-    ("mmlu", o.MmluEvalOptions, "MMLU accuracy, micro and macro over 57 subjects (offline)"),
-    ("arc-easy", o.ArcEasyEvalOptions, "ARC-Easy accuracy"),
-    ("arc-challenge", o.ArcChallengeEvalOptions, "ARC-Challenge accuracy"),
-    ("hellaswag", o.HellaswagEvalOptions, "HellaSwag accuracy"),
+# The multiple-choice evaluators: one class, a default dataset and a report row each.
+CHOICE_EVALS: tuple[tuple[str, type, str, str], ...] = (
+    (
+        "choices",
+        o.ChoicesEvalOptions,
+        "{dataset}",
+        "accuracy on any choices dataset (dataset=NAME)",
+    ),
+    (
+        "mmlu",
+        o.MmluEvalOptions,
+        "MMLU",
+        "MMLU accuracy, micro and macro over 57 subjects (offline)",
+    ),
+    ("arc-easy", o.ArcEasyEvalOptions, "ARC-Easy", "ARC-Easy accuracy"),
+    ("arc-challenge", o.ArcChallengeEvalOptions, "ARC-Challenge", "ARC-Challenge accuracy"),
+    ("hellaswag", o.HellaswagEvalOptions, "HellaSwag", "HellaSwag accuracy"),
 )
 
 
@@ -47,7 +57,7 @@ def nanochat_register_evals() -> list[ComponentSpec]:
             factory="nanochat_evals.core_eval:CoreEval",
             summary="DCLM's CORE metric of a base model: centred accuracy over the bundle's tasks",
             options=o.CoreEvalOptions,
-            extra={"report_metrics": ("core",)},
+            extra={"report_metrics": ("core",), "report_rows": {"core": "CORE"}},
         ),
     ]
     specs += [
@@ -57,9 +67,9 @@ def nanochat_register_evals() -> list[ComponentSpec]:
             factory="nanochat_evals.choices:MultipleChoiceEval",
             summary=summary,
             options=options,
-            extra={"report_metrics": ("accuracy",)},
+            extra={"report_metrics": ("accuracy",), "report_rows": {"accuracy": row}},
         )
-        for name, options, summary in CHOICE_EVALS
+        for name, options, row, summary in CHOICE_EVALS
     ]
     return specs
 

@@ -200,3 +200,16 @@ def test_bad_input_is_one_clear_line(home: Path, extra: list[str], message: str)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_report_shows_mmlu_in_the_columns_it_scored(home: Path) -> None:
+    result = run_cli(["report", "--run", "a"], home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (home / "runs" / "a" / "report.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| metric |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    row = next(line for line in text.splitlines() if line.startswith("| MMLU |"))
+    cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|")), strict=True))
+    # sft scored by letters (40 questions), pretrain by continuations (12): both with errors
+    assert "±" in cells["SFT"] and "±" in cells["BASE"]
+    assert "mmlu macro_accuracy" not in text  # only the headline metric is a row

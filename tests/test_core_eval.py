@@ -161,6 +161,14 @@ def test_core_matches_a_hand_computation(home: Path, served_bundle: str, monkeyp
         assert results["tasks"][label]["centred"] == pytest.approx(centred[label])
     core = sum(centred.values()) / len(centred)
     assert metrics["core"] == pytest.approx(core) == pytest.approx(results["core"])
+    report = run_cli(["report", "--run", "a"], home)
+    assert report.returncode == 0, report.stderr[-2000:]
+    [row] = [
+        line
+        for line in (home / "runs" / "a" / "report.md").read_text().splitlines()
+        if line.startswith("| CORE |")
+    ]
+    assert row.split("|")[2].strip() not in ("", "—")  # the BASE column (pretrain) has CORE
 
     # the decisions themselves, from the model's logits (0-shot prompts written out here)
     from nanochat.core.chat import load_chat_model

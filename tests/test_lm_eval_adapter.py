@@ -110,7 +110,7 @@ def test_lm_eval_scores_a_run_like_nanochat_does(home: Path, tmp_path: Path) -> 
     for sample, row in zip(mc, rows, strict=True):
         theirs = [float(resp[0][0]) for resp in sample["resps"]]
         assert theirs == pytest.approx(row["logprobs"], abs=1e-5)
-        assert sample["target"] == row["answer"]
+        assert int(sample["target"]) == row["answer"]
     raw_accuracy = sum(
         max(range(4), key=lambda i, r=r: r["logprobs"][i]) == r["answer"] for r in rows
     ) / len(rows)
@@ -120,9 +120,7 @@ def test_lm_eval_scores_a_run_like_nanochat_does(home: Path, tmp_path: Path) -> 
     rolling = samples(output, "nanochat_mini_rolling")
     assert len(rolling) == 2
     for sample in rolling:
-        [[logprob]] = (
-            [sample["resps"][0]] if isinstance(sample["resps"][0], list) else [[sample["resps"][0]]]
-        )
+        [[logprob]] = sample["resps"]
         assert float(logprob) < 0 and math.isfinite(float(logprob))
 
     generated = samples(output, "nanochat_mini_gen")
@@ -132,8 +130,11 @@ def test_lm_eval_scores_a_run_like_nanochat_does(home: Path, tmp_path: Path) -> 
         assert isinstance(text, str) and "\n" not in text
 
 
-def test_missing_run_is_one_clear_line(home: Path) -> None:
-    result = run_cli(
-        ["lm-eval", "--model", "nanochat", "--model_args", "run=nope", "--tasks", "x"], home
-    )
+def test_missing_run_is_one_clear_line(home: Path, tmp_path: Path) -> None:
+    write_tasks(tmp_path)
+    args = ["lm-eval", "--model", "nanochat", "--model_args", "run=nope"]
+    args += ["--tasks", "nanochat_mini_mc", "--include_path", str(tmp_path)]
+    result = run_cli(args, home, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     assert result.returncode != 0
+    assert "run 'nope' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr

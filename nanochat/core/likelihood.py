@@ -54,7 +54,8 @@ def model_window(model: Model) -> int:
 
 
 def _device(model: Model) -> torch.device:
-    return next(iter(model.parameters())).device
+    device: torch.device = next(iter(model.parameters())).device
+    return device
 
 
 def _fit(context: Sequence[int], continuation: Sequence[int], window: int) -> tuple[list[int], int]:

@@ -33,7 +33,13 @@ from nanochat.core.errors import UsageError
 from nanochat.core.likelihood import Autocast, next_token_logprobs, score_continuations
 from nanochat.core.progress import Progress
 from nanochat.core.rollouts import binomial_stderr
-from nanochat_evals.common import checkpoint_label, gather, write_json, write_jsonl
+from nanochat_evals.common import (
+    checkpoint_label,
+    dataset_label,
+    gather,
+    write_json,
+    write_jsonl,
+)
 from nanochat_evals.options import ChoicesEvalOptions
 
 LETTERS = string.ascii_uppercase
@@ -175,7 +181,10 @@ def score_questions(
             model, prompts, candidates, batch_size=batch_size, autocast=autocast
         )
         for (index, item), prompt, logprobs in zip(questions, prompts, scores, strict=True):
-            extra = {"prompt_tokens": len(prompt), "prompt_cut": len(prompt) > window}
+            extra: dict[str, Any] = {
+                "prompt_tokens": len(prompt),
+                "prompt_cut": len(prompt) > window,
+            }
             rows.append(_row(index, item, logprobs[: len(item.options)], extra))
         return rows
     pairs = [p for _, item in questions for p in continuation_pairs(tokenizer, item)]
@@ -184,7 +193,7 @@ def score_questions(
     for index, item in questions:
         mine = scored[at : at + len(item.options)]
         at += len(item.options)
-        extra = {"logprobs": [s.logprob for s in mine], "tokens": [s.tokens for s in mine]}
+        extra = {"logprobs": [x.logprob for x in mine], "tokens": [x.tokens for x in mine]}
         rows.append(_row(index, item, [s.mean for s in mine], extra))
     return rows
 
@@ -232,7 +241,7 @@ class MultipleChoiceEval:
                 bar.update(len(part))
         rows = sorted(gather(rt, rows), key=lambda r: r["index"])
         metrics, table = summarize(rows)
-        stem = f"{checkpoint_label(ctx)}_{o.dataset.replace('/', '-').replace(':', '-')}_{split}"
+        stem = f"{checkpoint_label(ctx)}_{dataset_label(o.dataset)}_{split}"
         path = ctx.stage_dir / f"{stem}.jsonl"
         subjects_path = ctx.stage_dir / f"{stem}_subjects.json"
         if rt.is_main:

@@ -42,3 +42,11 @@ def checkpoint_label(ctx: Any) -> str:
     if checkpoint is None:
         return "model"
     return f"{checkpoint.path.parent.parent.name}_{checkpoint.path.name}"
+
+
+def dataset_label(ref: str) -> str:
+    """A dataset reference as part of a file name: ``mmlu`` stays, ``mmlu:/data/q.jsonl``
+    becomes ``mmlu-q``, ``plugin/name`` becomes ``plugin-name``."""
+    name, _, path = ref.partition(":")
+    label = f"{name}-{Path(path).stem}" if path else name
+    return label.replace("/", "-").replace(",", "+").replace(":", "-")

@@ -207,7 +207,7 @@ class CoreEval:
                     rows.append(self._score(task, tokenizer, model, index, rt))
                     bar.update(1)
         rows = sorted(gather(rt, rows), key=lambda r: (r["task"], r["index"]))
-        results = {}
+        results: dict[str, dict[str, Any]] = {}
         for task in tasks:
             marks = [float(r["correct"]) for r in rows if r["task"] == task.label]
             accuracy = sum(marks) / len(marks) if marks else float("nan")

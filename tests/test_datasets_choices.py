@@ -17,6 +17,7 @@ from nanochat_datasets.options import LangtestOptions, MmluOptions
 from nanochat.core.data import DATA_KINDS, Choice, DataError, take
 from nanochat.core.data_refs import open_dataset
 from nanochat.core.registry import Registry
+from nanochat.testing.choices_contract import check_choices_dataset
 
 
 def test_choice_items_check_themselves() -> None:
@@ -108,6 +109,7 @@ def test_arc_from_a_local_copy_in_the_hub_layout(tmp_path: Path) -> None:
     ]
     assert test[1].options == ("heat", "cold", "dark", "salt?")
     assert len(dataset.items("val")) == 1
+    check_choices_dataset(dataset, "test")
     write_jsonl(tmp_path / "bad" / "test.jsonl", [{**rows[0], "answerKey": "E"}])
     with pytest.raises(DataError, match="answerKey 'E'"):
         open_dataset(f"arc-challenge:{tmp_path / 'bad'}", Registry.load()).items("test")
@@ -133,6 +135,7 @@ def test_hellaswag_from_a_local_copy(tmp_path: Path) -> None:
     assert item.answer == 3 and item.meta["style"] == "completion"
     assert item.question.startswith("Removing ice from car: Then, the man writes")
     assert item.subject == "removing_ice_from_car"
+    check_choices_dataset(dataset, "val")
     assert clean_hellaswag("How to cook [title] Boil water. [step] Wait.") == (
         "How to cook. Boil water. Wait."
     )
@@ -143,3 +146,8 @@ def test_data_show_prints_choices(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert " * B. quit eating lunch out" in result.stdout
     assert "[choices, test]" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["mmlu", "openbookqa", "siqa"])
+def test_offline_sets_pass_the_choices_contract(name: str) -> None:
+    check_choices_dataset(open_dataset(name, Registry.load()), "test")

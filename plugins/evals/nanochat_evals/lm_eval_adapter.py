@@ -56,11 +56,12 @@ class NanochatLM(LM):  # type: ignore[misc]
     ) -> None:
         super().__init__()
         from nanochat.core.chat import load_chat_model
+        from nanochat.core.cli import DEFAULT_COMPONENTS
         from nanochat.core.registry import get_registry
 
         device_name = str(device) if device else "auto"
         stage = str(source) if source else None
-        loaded = load_chat_model(get_registry(), str(run), stage, device_name)
+        loaded = load_chat_model(get_registry(), str(run), stage, device_name, DEFAULT_COMPONENTS)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.runtime = loaded.runtime
         self.source = loaded.source

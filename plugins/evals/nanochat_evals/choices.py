@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import random
 import string
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from nanochat_evals.options import ChoicesEvalOptions
 
 LETTERS = string.ascii_uppercase
 CHUNK = 64  # questions scored between progress updates
+LIMIT_SEED = 1337  # which questions ``limit`` keeps (the same ones every time)
 
 
 def letter_question(item: Choice) -> str:
@@ -234,12 +236,13 @@ class MultipleChoiceEval:
         split = resolve_split(o.split, dataset.splits(), o.dataset)
         items = [item for item, _ in dataset.iter(split, shuffle=False)]
         items = select_subjects(items, o.subjects, o.dataset)
-        if o.limit:
-            items = items[: o.limit]
         if not items:
             raise UsageError(f"{o.dataset} has no {split} questions to evaluate")
+        chosen = list(range(len(items)))
+        if 0 < o.limit < len(items):  # a fixed sample: stored order is often by subject
+            chosen = sorted(random.Random(LIMIT_SEED).sample(chosen, o.limit))
         method = self.method(ctx)
-        mine = list(range(len(items)))[rt.rank :: rt.world_size]
+        mine = chosen[rt.rank :: rt.world_size]
         rows: list[dict[str, Any]] = []
         with Progress(len(mine), f"eval {o.dataset}", "questions", enabled=rt.is_main) as bar:
             for start in range(0, len(mine), CHUNK):

@@ -65,7 +65,8 @@ class ChoicesEvalOptions:
             next-token log-probabilities of the letters), ``continuation`` (base models: each
             option's log-likelihood as a continuation, per token), or ``auto`` (letters for a
             chat stage's checkpoint, continuation otherwise).
-        limit: score the first N questions (after ``subjects``); 0: all of them.
+        limit: score N questions (after ``subjects``), a fixed sample (seed 1337) kept in
+            stored order - stored order is often by subject; 0: all of them.
         subjects: comma-separated subjects to keep (e.g. ``anatomy,virology``); empty: all.
         batch_size: sequences per forward pass.
     """

@@ -1,11 +1,13 @@
-"""Dataset contracts: the four kinds of data, the chat schema, and resumable sharded iteration.
+"""Dataset contracts: the five kinds of data, the chat schema, and resumable sharded iteration.
 
-Every dataset plugin yields items of one of four kinds:
+Every dataset plugin yields items of one of five kinds:
 
 * ``text``: documents, each a ``str`` (pretraining, tokenizer training).
 * ``chat``: conversations, each a list of :class:`Message` (mid-training, SFT).
 * ``problems``: :class:`Problem` items, a prompt plus a checkable answer and ``reward`` (RL, evals).
 * ``preferences``: :class:`Preference` items, a prompt with a chosen and a rejected reply (DPO).
+* ``choices``: :class:`Choice` items, a question, its options, the index of the right one and
+  an optional subject (multiple-choice evals: MMLU, ARC, HellaSwag).
 
 The chat schema (rendered to token ids by :mod:`nanochat.core.conversation`)::
 
@@ -38,8 +40,8 @@ from typing import Any, ClassVar, Literal, Protocol, TypedDict, runtime_checkabl
 
 from nanochat.core.errors import NanochatError
 
-DataKind = Literal["text", "chat", "problems", "preferences"]
-DATA_KINDS: tuple[str, ...] = ("text", "chat", "problems", "preferences")
+DataKind = Literal["text", "chat", "problems", "preferences", "choices"]
+DATA_KINDS: tuple[str, ...] = ("text", "chat", "problems", "preferences", "choices")
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 PART_TYPES: tuple[str, ...] = ("text", "python", "python_output")
 
@@ -194,6 +196,38 @@ class Preference:
     chosen: Message
     rejected: Message
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The item of a ``choices`` dataset: one multiple-choice question.
+
+    Attributes:
+        question: the question (or, for completion sets like HellaSwag, the context).
+        options: the candidate answers, at least two.
+        answer: the index of the right option in ``options``.
+        subject: the question's subject (MMLU's 57), "" when the set has none.
+        meta: free-form facts (source, id).
+
+    Raises:
+        DataError: fewer than two options or an answer index outside them.
+    """
+
+    question: str
+    options: tuple[str, ...]
+    answer: int
+    subject: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.options) < 2:
+            raise DataError(
+                f"a multiple-choice question needs two or more options: {self.question!r}"
+            )
+        if not 0 <= self.answer < len(self.options):
+            raise DataError(
+                f"answer index {self.answer} is not one of the {len(self.options)} options"
+            )
 
 
 @runtime_checkable

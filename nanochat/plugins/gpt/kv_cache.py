@@ -125,7 +125,10 @@ class KVCache:
             self.values = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
             self._layers = [(self.keys[i], self.values[i]) for i in range(self.n_layer)]
         b, h, t, d = k.shape
-        layer_k, layer_v = self._layers[layer_idx]
+        if torch.is_grad_enabled():  # autograd tracks writes through fresh views only
+            layer_k, layer_v = self.keys[layer_idx], self.values[layer_idx]
+        else:
+            layer_k, layer_v = self._layers[layer_idx]
         if start is not None and rows is None:
             layer_k.narrow(2, start, t).copy_(k)
             layer_v.narrow(2, start, t).copy_(v)

@@ -156,6 +156,12 @@ def test_registry_lists_every_dataset_with_its_kind() -> None:
         "gsm8k": "problems",
         "arithmetic": "problems",
         "preferences-jsonl": "preferences",
+        "mmlu": "choices",
+        "openbookqa": "choices",
+        "siqa": "choices",
+        "arc-easy": "choices",
+        "arc-challenge": "choices",
+        "hellaswag": "choices",
     }
     assert all(r.spec.summary for r in registry.components("datasets"))
 

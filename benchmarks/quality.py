@@ -216,7 +216,16 @@ def main(argv: list[str] | None = None) -> None:
                 t.bpb[step + 1] = evaluate_bpb(t.model, val, token_bytes, desc=f"bpb {t.label}")
                 t.model.train()
             line = "  ".join(f"{t.label} {t.bpb[step + 1]:.4f}" for t in trainees)
-            print(f"step {step + 1:>5}  val bpb: {line}  ({time.perf_counter() - began:.0f}s)")
+            speed = "  ".join(
+                f"{t.label} {args.batch * args.seq / statistics.median(t.step_times):.0f}"
+                for t in trainees
+            )
+            print(
+                f"step {step + 1:>5}  val bpb: {line}  tokens/s so far: {speed}  "
+                f"({time.perf_counter() - began:.0f}s)"
+            )
+            if args.json:  # what is known so far, in case the run is cut short
+                write_json(trainees, args, [c for c in checkpoints if c <= step + 1])
     report(trainees, args, checkpoints)
 
 
@@ -226,7 +235,6 @@ def report(trainees: list[Trainee], args: argparse.Namespace, checkpoints: list[
     base = trainees[0]
     print(f"\n{'config':<12}" + "".join(f"{'bpb@' + str(c):>11}" for c in checkpoints), end="")
     print(f"{'tokens/s':>10}{'median ms':>11}{'vs ' + base.label + ' bpb':>16}{'tok/s':>8}")
-    rows = []
     for t in trainees:
         median = statistics.median(t.step_times)
         tps = tokens / median
@@ -237,21 +245,27 @@ def report(trainees: list[Trainee], args: argparse.Namespace, checkpoints: list[
             f"{t.label:<12}" + "".join(f"{t.bpb[c]:>11.4f}" for c in checkpoints)
             + f"{tps:>10.0f}{median * 1e3:>11.1f}{d_bpb:>+16.2%}{d_tps:>+8.1%}"
         )  # fmt: skip
-        rows.append(
-            {
-                "label": t.label,
-                "config": t.spec,
-                "bpb": t.bpb,
-                "tokens_per_s": tps,
-                "median_step_ms": median * 1e3,
-                "bpb_vs_first": d_bpb,
-                "tokens_per_s_vs_first": d_tps,
-                "final_train_loss": t.losses[-1],
-            }
-        )
     if args.json:
-        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        args.json.write_text(json.dumps({"args": settings, "rows": rows}, indent=1))
+        write_json(trainees, args, checkpoints)
+
+
+def write_json(trainees: list[Trainee], args: argparse.Namespace, checkpoints: list[int]) -> None:
+    """Write the flags and each configuration's results at ``checkpoints`` to ``args.json``."""
+    tokens = args.batch * args.seq
+    rows = [
+        {
+            "label": t.label,
+            "config": t.spec,
+            "bpb": {c: t.bpb[c] for c in checkpoints},
+            "tokens_per_s": tokens / statistics.median(t.step_times),
+            "median_step_ms": statistics.median(t.step_times) * 1e3,
+            "steps_done": len(t.step_times),
+            "final_train_loss": t.losses[-1],
+        }
+        for t in trainees
+    ]
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    args.json.write_text(json.dumps({"args": settings, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

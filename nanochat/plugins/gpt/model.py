@@ -406,7 +406,8 @@ class GPT(nn.Module):
         scalars = (self.resid_lambdas, self.x0_lambdas, self.skip_weights)
         if not infer:
             return scalars
-        return tuple(None if p is None else self._weights.floats(p) for p in scalars)
+        resid, mixes, skips = (None if p is None else self._weights.floats(p) for p in scalars)
+        return resid, mixes, skips
 
     def forward_cached(
         self, idx: torch.Tensor, cache: KVCache, rows: torch.Tensor | None = None

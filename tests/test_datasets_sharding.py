@@ -50,6 +50,27 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root / "prefs" / "prefs.jsonl",
         [{"prompt": f"p{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(40)],
     )
+    arc = [
+        {
+            "id": f"q{i}",
+            "question": f"question {i}?",
+            "choices": {"text": ["yes", "no", f"maybe {i}"], "label": ["A", "B", "C"]},
+            "answerKey": "ABC"[i % 3],
+        }
+        for i in range(30)
+    ]
+    write_jsonl(root / "arc" / "test.jsonl", arc)
+    hellaswag = [
+        {
+            "ind": i,
+            "activity_label": "Cooking",
+            "ctx": f"A cook stirs pot {i} and then",
+            "endings": [" stops.", " adds salt.", " leaves.", f" serves {i}."],
+            "label": str(i % 4),
+        }
+        for i in range(30)
+    ]
+    write_jsonl(root / "hellaswag" / "validation.jsonl", hellaswag)
     return root
 
 
@@ -97,6 +118,12 @@ CASES: dict[str, tuple[str, Any, str]] = {
         "train",
     ),
     "mixture": ("identity:0.5,arithmetic:2", None, "train"),
+    "mmlu": ("mmlu", None, "test"),
+    "openbookqa": ("openbookqa", None, "test"),
+    "siqa": ("siqa", None, "test"),
+    "arc-easy": ("arc-easy", lambda r: o.ArcOptions(path=str(r / "arc")), "test"),
+    "arc-challenge": ("arc-challenge", lambda r: o.ArcOptions(path=str(r / "arc")), "test"),
+    "hellaswag": ("hellaswag", lambda r: o.HellaswagOptions(path=str(r / "hellaswag")), "val"),
 }
 
 
@@ -114,7 +141,7 @@ def test_every_kind_and_every_registered_dataset_is_covered(
     datasets_by_case: dict[str, Any],
 ) -> None:
     kinds = {d.kind for d in datasets_by_case.values()}
-    assert kinds == {"text", "chat", "problems", "preferences"}
+    assert kinds == {"text", "chat", "problems", "preferences", "choices"}
     registered = {r.spec.name for r in make_registry().components("dataset")}
     assert registered <= {ref for ref, _, _ in CASES.values()}
 

@@ -57,6 +57,12 @@ _GPU_COMMON = {
     "tokenizer.vocab_size": 65536,
     "tokenizer.max_chars": 2_000_000_000,
     "model.sequence_len": 2048,
+    # the recipe's shapes (~185M / 561M / 1.1B parameters and their token budgets): the value
+    # embeddings and scalars of issue 19 were chosen on a CPU; at a 65k vocabulary the tables
+    # alone would add 4 x 65,536 x width lookup parameters and double the 20-tokens-per-parameter
+    # budget. Turn them on with -o model.value_embeds=4 -o model.layer_scalars=true.
+    "model.value_embeds": 0,
+    "model.layer_scalars": False,
     "pretrain.dataset": "fineweb",
     "pretrain.total_batch_tokens": 524288,
     "pretrain.data_param_ratio": 20.0,

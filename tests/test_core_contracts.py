@@ -222,3 +222,34 @@ def test_datasets_take_options_through_o(tmp_path: Path) -> None:
         plan_run(registry, ["tokenizer"], "ds", overrides=["text-files.val_fraction=2"])
     with pytest.raises(UsageError, match="unknown option text-files.nope"):
         plan_run(registry, ["tokenizer"], "ds", overrides=["text-files.nope=1"])
+
+
+def test_a_dataset_option_can_be_given_for_one_stage() -> None:
+    """`-o rl.arithmetic.max_value=300` changes `arithmetic` for rl only, on top of the run-wide
+    `-o arithmetic.*`; the other stages and evals keep the run-wide options."""
+    from nanochat.core.errors import UsageError
+
+    registry = Registry.load()
+    plan = plan_run(
+        registry,
+        ["sft", "rl", "eval:gsm8k"],
+        "ds",
+        overrides=[
+            "arithmetic.max_steps=2",
+            "arithmetic.max_value=50",
+            "rl.arithmetic.max_value=300",
+            "eval:nanochat-evals/gsm8k.nanochat-datasets/arithmetic.seed=7",
+        ],
+    )
+    name = "nanochat-datasets/arithmetic"
+    for scope in ("sft", "eval-gsm8k", "rl"):
+        options = plan.datasets_for(scope)[name]
+        expected = (2, 300 if scope == "rl" else 50, 7 if scope == "eval-gsm8k" else 1234)
+        assert (options.max_steps, options.max_value, options.seed) == expected, scope
+    assert plan.describe(registry)["stage_datasets"]["rl"][name]["max_value"] == 300
+    with pytest.raises(UsageError, match=r"rl\.arithmetic\.max_value=1 is out of range"):
+        plan_run(registry, ["rl"], "ds", overrides=["rl.arithmetic.max_value=1"])
+    with pytest.raises(UsageError, match="unknown option rl.arithmetic.nope"):
+        plan_run(registry, ["rl"], "ds", overrides=["rl.arithmetic.nope=1"])
+    with pytest.raises(UsageError, match="'model' is neither"):
+        plan_run(registry, ["rl"], "ds", overrides=["model.arithmetic.max_value=300"])

@@ -87,6 +87,15 @@ def test_a_preset_sets_dataset_options() -> None:
     assert plan.dataset_options["nanochat-datasets/arithmetic"].bare_fraction == 0.5
     plan = plan_run(registry, ["sft"], "r", preset="tiny", overrides=["arithmetic.bare_fraction=0"])
     assert plan.dataset_options["nanochat-datasets/arithmetic"].bare_fraction == 0.0
+    # rl (alone, or after sft in one command) practises on bigger numbers than sft learned on
+    for stages in (["rl"], ["sft", "rl", "eval:gsm8k"]):
+        plan = plan_run(registry, stages, "r", preset="tiny")
+        sft, rl, evals = (
+            plan.datasets_for(s).get("nanochat-datasets/arithmetic")
+            for s in ("sft", "rl", "eval-gsm8k")
+        )
+        assert rl is not None and (rl.max_value, rl.bare_fraction) == (300, 0.5)
+        assert sft is not None and sft.max_value == 100 and evals is sft
 
 
 # ---------------------------------------------------------------- batches

@@ -124,7 +124,7 @@ class RunContext:
 
     def open_dataset(self, ref: str, kind: str | None = None) -> Dataset:
         """The dataset (or mixture) ``ref`` names, with the run's ``-o DATASET.KEY=...``
-        options applied.
+        options applied, and this stage's own ``-o STAGE.DATASET.KEY=...`` in their place.
 
         Raises:
             DataError: a malformed reference or a dataset of the wrong kind.
@@ -132,7 +132,7 @@ class RunContext:
         from nanochat.core.data_refs import open_dataset
 
         return open_dataset(
-            ref, self.registry, kind=kind, dataset_options=self.plan.dataset_options
+            ref, self.registry, kind=kind, dataset_options=self.plan.datasets_for(self.stage_name)
         )
 
     def log(self, **record: Any) -> None:

@@ -196,3 +196,6 @@ def validate_plan(plan: RunPlan) -> None:
         cfg.validate_options(options, resolved.spec.name)
     for name, options in plan.dataset_options.items():
         cfg.validate_options(options, name)
+    for scope, by_name in plan.stage_dataset_options.items():
+        for name, options in by_name.items():
+            cfg.validate_options(options, f"{scope}.{name}")

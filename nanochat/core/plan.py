@@ -70,6 +70,12 @@ class RunPlan:
     model_explicit: bool = False
     tokenizer_explicit: bool = False
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    stage_dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def datasets_for(self, scope: str) -> dict[str, Any]:
+        """Dataset options (by ``plugin/name``) as the stage of ``scope`` sees them: the run's,
+        with that stage's own (``-o STAGE.DATASET.KEY=VALUE``) in their place."""
+        return {**self.dataset_options, **self.stage_dataset_options.get(scope, {})}
 
     def describe(self, registry: Registry) -> dict[str, Any]:
         """This command's part of the run record (see ``rundir.append_run_record``)."""
@@ -112,6 +118,10 @@ class RunPlan:
             "datasets": {
                 name: cfg.options_to_dict(options) for name, options in self.dataset_options.items()
             },
+            "stage_datasets": {
+                scope: {name: cfg.options_to_dict(o) for name, o in options.items()}
+                for scope, options in self.stage_dataset_options.items()
+            },
             "plugins": {
                 p.name: {"distribution": p.distribution, "version": p.version}
                 for p in registry.plugins
@@ -119,6 +129,45 @@ class RunPlan:
             },
             "git_commit": git_commit(),
         }
+
+
+def _split_stage_dataset_overrides(
+    registry: Registry, triples: list[tuple[str, str, Any]]
+) -> tuple[list[tuple[str, str, Any]], dict[tuple[str, str], dict[str, Any]]]:
+    """Take ``STAGE.DATASET.KEY=VALUE`` overrides out of ``triples``: a dataset option for one
+    stage or eval only (``-o rl.arithmetic.max_value=300``), keyed by (the stage's scope, the
+    dataset's ``plugin/name``); later overrides win.
+
+    Raises:
+        UsageError: the part before the dataset is not a stage or eval.
+    """
+    datasets = {
+        n: item.qualified_name
+        for item in registry.components("dataset")
+        for n in (item.spec.name, item.qualified_name)
+    }
+    stage_scopes: dict[str, str] = {}
+    for kind in ("stage", "eval"):
+        for item in registry.components(kind):
+            scope = stage_scope(registry, kind, item)
+            prefix = EVAL_PREFIX if kind == "eval" else ""
+            for alias in (scope, prefix + item.qualified_name):
+                stage_scopes[alias] = scope
+    rest: list[tuple[str, str, Any]] = []
+    per_stage: dict[tuple[str, str], dict[str, Any]] = {}
+    for scope, key, value in triples:
+        dataset, dot, dataset_key = key.partition(".")
+        if not dot or dataset not in datasets or scope in datasets:
+            rest.append((scope, key, value))
+            continue
+        if scope not in stage_scopes:
+            raise UsageError(
+                f"bad override {scope}.{key}: a dataset option ({dataset}.{dataset_key}) can be "
+                "given for one stage or eval (e.g. rl.arithmetic.max_value=300), and "
+                f"{scope!r} is neither"
+            )
+        per_stage.setdefault((stage_scopes[scope], datasets[dataset]), {})[dataset_key] = value
+    return rest, per_stage
 
 
 def _choose(
@@ -257,6 +306,7 @@ def plan_run(
             if scope in scoped or scope in datasets:
                 triples.append((scope, key, value))
     triples += [cfg.parse_override(text) for text in inherited] + parsed_new
+    triples, per_stage = _split_stage_dataset_overrides(registry, triples)
     # Options of stages that are not in this run are still checked, then left unused, so one
     # command line can be reused for parts of a pipeline.
     in_run = {(e.kind, e.resolved.qualified_name) for e in entries}
@@ -284,6 +334,13 @@ def plan_run(
             slot[0] = cfg.apply_overrides(slot[0], {key: value}, scope)
     for entry, slot in zip(entries, stage_slots, strict=True):
         entry.options = slot[0]
+    run_wide = {name: slot[0] for name, slot in dataset_slots.items()}
+    stage_datasets: dict[str, dict[str, Any]] = {}
+    for (scope, dataset), values in per_stage.items():
+        spec = registry.resolve("dataset", dataset).spec
+        base = run_wide.get(dataset, spec.options())
+        where = f"{scope}.{spec.name}"
+        stage_datasets.setdefault(scope, {})[dataset] = cfg.apply_overrides(base, values, where)
     plan = RunPlan(
         run_name=run_name,
         stages=entries,
@@ -298,7 +355,8 @@ def plan_run(
         device=device,
         model_explicit=model is not None,
         tokenizer_explicit=tokenizer is not None,
-        dataset_options={name: slot[0] for name, slot in dataset_slots.items()},
+        dataset_options=run_wide,
+        stage_dataset_options=stage_datasets,
     )
     validate_plan(plan)
     return plan

@@ -137,19 +137,25 @@ def presets() -> list[Preset]:
                 "rl.eval_every": 50,
                 "rl.eval_problems": 200,
                 "rl.checkpoint_every": 25,
-                # dpo on `arithmetic`: 512 problems x 8 samples at temperature 0.7, one correct
-                # answer against up to 4 wrong ones, greedy pass@1 on the whole val split
+                # dpo on `arithmetic` with numbers up to 300, like rl: 1,024 problems x 8 samples
+                # at temperature 1.0, one correct answer against up to 4 wrong ones, greedy
+                # pass@1 on the whole val split
                 "dpo.dataset": "arithmetic",
-                "dpo.prompts": 512,
+                "dpo.arithmetic.max_value": 300,
+                "dpo.prompts": 1024,
                 "dpo.samples": 8,
-                "dpo.temperature": 0.7,
+                "dpo.temperature": 1.0,
                 "dpo.pairs_per_prompt": 4,
                 "dpo.max_new_tokens": 96,
                 "dpo.device_batch_size": 8,
-                # one pass with a strong NLL term: 2 passes at nll_coef 1 took pass@1 from
-                # 39 % to 32 %; this took the 72 % model to 76 % (benchmarks/README.md)
+                # one pass with a strong NLL term at 3x the default learning rates (1x: +1.0
+                # points, 3x: +4.2, 6x: -0.6 on the same pairs; 2 passes at nll_coef 1 once took
+                # pass@1 from 39 % to 32 %; benchmarks/README.md)
                 "dpo.epochs": 1.0,
                 "dpo.nll_coef": 4.0,
+                "dpo.matrix_lr": 0.006,
+                "dpo.embedding_lr": 0.06,
+                "dpo.unembedding_lr": 0.0012,
                 "dpo.eval_problems": 500,
                 "dpo.eval_every": 1000,
                 "dpo.checkpoint_every": 20,

@@ -251,5 +251,9 @@ def test_a_dataset_option_can_be_given_for_one_stage() -> None:
         plan_run(registry, ["rl"], "ds", overrides=["rl.arithmetic.max_value=1"])
     with pytest.raises(UsageError, match="unknown option rl.arithmetic.nope"):
         plan_run(registry, ["rl"], "ds", overrides=["rl.arithmetic.nope=1"])
+    with pytest.raises(
+        UsageError, match="no dataset is named 'arithmetc'; did you mean: arithmetic"
+    ):
+        plan_run(registry, ["rl"], "ds", overrides=["rl.arithmetc.max_value=300"])
     with pytest.raises(UsageError, match="'model' is neither"):
         plan_run(registry, ["rl"], "ds", overrides=["model.arithmetic.max_value=300"])

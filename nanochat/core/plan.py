@@ -8,6 +8,7 @@ the preset, else from the caller's defaults (the CLI's), else the only one insta
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,6 +158,13 @@ def _split_stage_dataset_overrides(
     per_stage: dict[tuple[str, str], dict[str, Any]] = {}
     for scope, key, value in triples:
         dataset, dot, dataset_key = key.partition(".")
+        if dot and scope in stage_scopes and dataset not in datasets:
+            close = difflib.get_close_matches(dataset, list(datasets), n=3, cutoff=0.6)
+            hint = f"; did you mean: {', '.join(close)}?" if close else ""
+            raise UsageError(
+                f"bad override {scope}.{key}: no dataset is named {dataset!r}{hint} "
+                f"(`{scope}.DATASET.KEY=VALUE` sets a dataset option for {scope} only)"
+            )
         if not dot or dataset not in datasets or scope in datasets:
             rest.append((scope, key, value))
             continue

@@ -234,7 +234,12 @@ def component_options(example: str) -> Callable[[Callable[..., Any]], Callable[.
                 "overrides",
                 multiple=True,
                 metavar="SCOPE.KEY=VALUE",
-                help=f"Override an option, e.g. -o {example} (repeatable).",
+                help=(
+                    f"Override an option, e.g. -o {example} (repeatable). SCOPE is a stage, "
+                    "eval-NAME, model, tokenizer, a logger or a dataset (-o "
+                    "arithmetic.max_value=300); STAGE.DATASET.KEY=VALUE sets a dataset option "
+                    "for that stage only (-o rl.arithmetic.max_value=300)."
+                ),
             ),
             single_option("--model", help="Model plugin name [default: gpt]."),
             single_option("--tokenizer", help="Tokenizer plugin name [default: rustbpe]."),

@@ -13,7 +13,6 @@ them), so a bad value is a one-line usage error before a run writes anything.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import types
@@ -21,7 +20,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from nanochat.core.errors import UsageError
+from nanochat.core.errors import UsageError, did_you_mean
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -320,8 +319,7 @@ def apply_overrides(options: Any, overrides: Mapping[str, Any], scope: str) -> A
     changes = {}
     for key, raw in overrides.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.5)
-            hint = f"; did you mean: {', '.join(close)}?" if close else ""
+            hint = did_you_mean(key, fields)
             known = ", ".join(fields) or "none"
             raise UsageError(f"unknown option {scope}.{key}{hint} (options of {scope}: {known})")
         value = convert_value(raw, fields[key], f"option {scope}.{key}")
@@ -343,8 +341,7 @@ def group_overrides(
     grouped: dict[str, dict[str, Any]] = {}
     for scope, key, value in items:
         if scope not in known:
-            close = difflib.get_close_matches(scope, known, n=3, cutoff=0.5)
-            hint = f"; did you mean: {', '.join(close)}?" if close else ""
+            hint = did_you_mean(scope, known)
             raise UsageError(
                 f"override {scope}.{key}: {scope!r} is not part of this run{hint} "
                 f"(scopes: {', '.join(known)})"

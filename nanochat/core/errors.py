@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.5) -> str:
+    """``"; did you mean: a, b?"`` naming up to three close matches of ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=cutoff)
+    return f"; did you mean: {', '.join(close)}?" if close else ""
+
 
 class NanochatError(Exception):
     """Base class of every error whose message is meant for the user, one line, no traceback."""

@@ -8,14 +8,13 @@ the preset, else from the caller's defaults (the CLI's), else the only one insta
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from nanochat.core import config as cfg
 from nanochat.core.config import check_run_name
-from nanochat.core.errors import UnknownComponentError, UsageError
+from nanochat.core.errors import UnknownComponentError, UsageError, did_you_mean
 from nanochat.core.option_docs import validate_plan
 from nanochat.core.registry import Registry, Resolved
 from nanochat.core.rundir import git_commit, now, read_run_record, run_directory
@@ -140,7 +139,8 @@ def _split_stage_dataset_overrides(
     dataset's ``plugin/name``); later overrides win.
 
     Raises:
-        UsageError: the part before the dataset is not a stage or eval.
+        UsageError: the part before the dataset is not a stage or eval, or a stage's dotted
+            key names no dataset.
     """
     datasets = {
         n: item.qualified_name
@@ -158,23 +158,24 @@ def _split_stage_dataset_overrides(
     per_stage: dict[tuple[str, str], dict[str, Any]] = {}
     for scope, key, value in triples:
         dataset, dot, dataset_key = key.partition(".")
-        if dot and scope in stage_scopes and dataset not in datasets:
-            close = difflib.get_close_matches(dataset, list(datasets), n=3, cutoff=0.6)
-            hint = f"; did you mean: {', '.join(close)}?" if close else ""
-            raise UsageError(
-                f"bad override {scope}.{key}: no dataset is named {dataset!r}{hint} "
-                f"(`{scope}.DATASET.KEY=VALUE` sets a dataset option for {scope} only)"
-            )
-        if not dot or dataset not in datasets or scope in datasets:
+        if not dot or scope in datasets:  # SCOPE.KEY, or a dataset's own KEY (checked later)
             rest.append((scope, key, value))
-            continue
-        if scope not in stage_scopes:
+        elif scope not in stage_scopes and dataset in datasets:
             raise UsageError(
                 f"bad override {scope}.{key}: a dataset option ({dataset}.{dataset_key}) can be "
                 "given for one stage or eval (e.g. rl.arithmetic.max_value=300), and "
                 f"{scope!r} is neither"
             )
-        per_stage.setdefault((stage_scopes[scope], datasets[dataset]), {})[dataset_key] = value
+        elif scope not in stage_scopes:  # left to the scope's own check
+            rest.append((scope, key, value))
+        elif dataset not in datasets:
+            raise UsageError(
+                f"bad override {scope}.{key}: no dataset is named {dataset!r}"
+                f"{did_you_mean(dataset, datasets, cutoff=0.6)} "
+                f"(`{scope}.DATASET.KEY=VALUE` sets a dataset option for {scope} only)"
+            )
+        else:
+            per_stage.setdefault((stage_scopes[scope], datasets[dataset]), {})[dataset_key] = value
     return rest, per_stage
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pluggy
 
 from nanochat.core import hookspecs
-from nanochat.core.errors import PluginLoadError, UsageError
+from nanochat.core.errors import PluginLoadError, UsageError, did_you_mean
 
 ENTRY_POINT_GROUP = "nanochat"
 BUILTIN_DISTRIBUTIONS = frozenset(
@@ -180,8 +180,7 @@ def load_plugins(
     names = [ep.name for ep in found]
     for wanted in sorted(selection.enabled | selection.blocked):
         if wanted not in names:
-            close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.5)
-            hint = f"; did you mean: {', '.join(close)}?" if close else ""
+            hint = did_you_mean(wanted, names)
             raise UsageError(
                 f"-p {wanted}: no installed plugin is called {wanted!r}{hint} "
                 "(`nanochat plugins --all` lists them)"

@@ -24,6 +24,7 @@ from nanochat.core.errors import (
     PluginLoadError,
     UnknownComponentError,
     UsageError,
+    did_you_mean,
 )
 
 REGISTRATION_HOOKS: dict[str, str] = {
@@ -251,10 +252,7 @@ class Registry:
 
     def _unknown_message(self, kind: str, name: str, items: list[Resolved]) -> str:
         candidates = sorted({i.spec.name for i in items} | {i.qualified_name for i in items})
-        close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
-        message = f"unknown {kind} {name!r}"
-        if close:
-            message += f"; did you mean: {', '.join(close)}?"
+        message = f"unknown {kind} {name!r}" + did_you_mean(name, candidates)
         message += f" (run `nanochat list {kind}s` to see them all"
         failed = [p.name for p in self.plugins if p.status == "failed"]
         if failed:

@@ -208,7 +208,14 @@ def test_stream_edit_regenerate_and_markup_shown_as_text(server, browser, tmp_pa
 
     # Edit the question: the answer after it goes, a new one streams for the edited text.
     page.click(".msg.user [data-action='edit']")
-    page.fill(".msg.user .edit-box textarea", "Something else, please")
+    box = ".msg.user .edit-box textarea"
+    page.wait_for_selector(box)
+    # The box opens focused, the caret after the old text, ready to type.
+    assert page.evaluate(
+        f"(() => {{ const a = document.querySelector({json.dumps(box)});"
+        " return [document.activeElement === a, a.selectionStart, a.value.length]; })()"
+    ) == [True, len("Hello there"), len("Hello there")]
+    page.fill(box, "Something else, please")
     with page.expect_request("**/chat/completions") as request:
         page.click("text=Save & regenerate")
     ui.wait_answered()

@@ -252,8 +252,9 @@ def test_32_concurrent_streams_equal_each_alone(server) -> None:
     assert busiest > 1  # requests really shared decode steps
 
 
-async def _vanish(port: int, body: dict, after_events: int, rng: random.Random) -> None:
-    """Send a streaming request and drop the connection after some events (0: before any)."""
+async def _vanish(port: int, body: dict, after_events: int, rng: random.Random | None) -> None:
+    """Send a streaming request and drop the connection after some events (0: before any,
+    a random moment later or, without ``rng``, at once)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     data = json.dumps(body).encode()
     writer.write(
@@ -268,7 +269,7 @@ async def _vanish(port: int, body: dict, after_events: int, rng: random.Random) 
         if not line:
             break
         seen += line.startswith(b"data: ")
-    if not after_events:
+    if not after_events and rng is not None:
         await asyncio.sleep(rng.uniform(0, 0.05))
     writer.transport.abort()  # gone, without a goodbye
 
@@ -282,8 +283,15 @@ def test_clients_that_disconnect_free_their_slots_at_once(server) -> None:
         for i in range(16)
     ]
 
+    async def queued_then_gone(body: dict) -> None:
+        await asyncio.sleep(0.2)  # the 16 above hold every slot: this one waits in the queue
+        await _vanish(server.port, body, 0, None)
+
     async def clients() -> None:
-        await asyncio.gather(*(_vanish(server.port, b, rng.randint(0, 6), rng) for b in bodies))
+        await asyncio.gather(
+            *(_vanish(server.port, b, rng.randint(0, 6), rng) for b in bodies),
+            *(queued_then_gone(chat_body(f"Queued {i}", max_tokens=budget)) for i in range(4)),
+        )
 
     asyncio.run(clients())
     gone = time.monotonic()
@@ -301,3 +309,5 @@ def test_clients_that_disconnect_free_their_slots_at_once(server) -> None:
         server.port, "POST", "/chat/completions", chat_body("ok?", max_tokens=3), KEY
     )
     assert status == 200 and events(raw)[-1]["done"]
+    # Clients gone while queued (their response not begun) leave no traceback.
+    assert "Traceback" not in server.log, server.log

@@ -148,16 +148,16 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
-async def _event_stream(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(
+def _event_stream() -> web.StreamResponse:
+    """An SSE response, not yet begun: the handler keeps it before ``prepare`` can fail (a
+    client gone in the meantime), so it always has one to return (aiohttp then ends quietly)."""
+    return web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         }
     )
-    await response.prepare(request)
-    return response
 
 
 async def nanochat_chat(request: web.Request) -> web.StreamResponse:
@@ -177,7 +177,8 @@ async def nanochat_chat(request: web.Request) -> web.StreamResponse:
                 await response.write(bytes(pending) + _sse(_failure_error(item).body()))
                 break
             if response is None:
-                response = await _event_stream(request)
+                response = _event_stream()
+                await response.prepare(request)
             if item.text:
                 pending += _sse({"token": item.text, "gpu": job.worker})
             if item.finish is not None:
@@ -250,7 +251,8 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
                 await response.write_eof()
                 return response
             if response is None:
-                response = await _event_stream(request)
+                response = _event_stream()
+                await response.prepare(request)
                 pending += chunk({"role": "assistant", "content": ""}, None)
             if item.text:
                 pending += chunk({"content": item.text}, None)

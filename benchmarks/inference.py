@@ -96,6 +96,48 @@ def engine_run(
     return prefill, decoded / (time.perf_counter() - start)
 
 
+def step_times(
+    model: Any, vocab: int, batch: int, prompt_len: int, new_tokens: int, autocast: Any
+) -> list[float]:
+    """Seconds of each decode step of the engine with ``batch`` requests at once."""
+    engine = Engine(model, IdsTokenizer(vocab), slots=batch, autocast=autocast)
+    generator = torch.Generator().manual_seed(batch)
+    for prompt in torch.randint(0, vocab, (batch, prompt_len), generator=generator).tolist():
+        engine.submit(Request(prompt, SamplingParams(max_tokens=new_tokens, stop_tokens=())))
+    device = next(model.parameters()).device
+    engine.step()  # prefill
+    times = []
+    while engine.busy:
+        start = time.perf_counter()
+        engine.step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def print_by_position(
+    model: Any, label: str, args: argparse.Namespace, autocast: Any, parts: int
+) -> None:
+    """Median step time of batch 1 and batch ``args.batch`` over ``parts`` spans of the
+    generation (best of ``args.repeat`` runs): how a step's cost grows with the KV cache."""
+    best = {b: [float("inf")] * parts for b in (1, args.batch)}
+    for _ in range(args.repeat):
+        for b in best:
+            times = step_times(model, args.vocab, b, args.prompt, args.new, autocast)
+            span = len(times) // parts
+            for i in range(parts):
+                chunk = sorted(times[i * span : (i + 1) * span])
+                best[b][i] = min(best[b][i], chunk[len(chunk) // 2])
+    width = args.new // parts
+    for i in range(parts):
+        one, many = best[1][i] * 1e6, best[args.batch][i] * 1e6
+        low = args.prompt + i * width
+        print(
+            f"  {label} positions {low}-{low + width}: step b1 {one:,.0f} us, "
+            f"b{args.batch} {many:,.0f} us, b{args.batch}/b1 {args.batch * one / many:.2f}x"
+        )
+
+
 def main() -> None:
     """Measure and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -114,6 +156,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per figure; the best is shown (noisy VMs)"
+    )
+    parser.add_argument(
+        "--by-position",
+        type=int,
+        default=0,
+        metavar="PARTS",
+        help="also print the median step time of b1 and the batch over PARTS spans of the "
+        "generation (a batch-8 step slows down as the KV cache grows)",
     )
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -150,6 +200,8 @@ def main() -> None:
             f"{label:10s}{params / 1e6:>8.1f}M{naive:>11.0f}{one:>11.0f}{many:>11.0f}"
             f"{prefill:>11.0f}{one / naive:>9.1f}x{many / one:>7.1f}x"
         )
+        if args.by_position:
+            print_by_position(model, label, args, autocast, args.by_position)
 
 
 if __name__ == "__main__":

@@ -166,6 +166,8 @@ def main() -> None:
         "generation (a batch-8 step slows down as the KV cache grows)",
     )
     args = parser.parse_args()
+    if not 0 <= args.by_position <= args.new:
+        parser.error(f"--by-position must be between 0 and --new ({args.new})")
     device = torch.device(args.device)
     autocast: Any = contextlib.nullcontext
     if device.type == "cuda":

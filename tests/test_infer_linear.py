@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from nanochat.plugins.gpt.factory import GPTFactory
-from nanochat.plugins.gpt.infer_linear import SPLIT_MAX_ROWS, InferenceWeights
+from nanochat.plugins.gpt.infer_linear import SPLIT_MAX_ROWS, InferenceWeights, slice_count
 from nanochat.plugins.gpt.options import GPTOptions
 
 
@@ -56,6 +56,28 @@ def test_split_layout_is_used_and_follows_updates(two_threads) -> None:
     torch.testing.assert_close(weights.linear(wide, w), F.linear(wide, w), atol=1e-5, rtol=1e-5)
     half = w.to(torch.bfloat16)  # not float32: plain product in its dtype
     assert weights.linear(x.to(torch.bfloat16), half).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("out", "threads", "parts"),
+    [(4096, 2, 16), (576, 2, 16), (192, 2, 16), (64, 2, 2), (96, 2, 2), (4096, 4, 32)],
+)
+def test_slices_per_thread_where_the_width_allows(out, threads, parts) -> None:
+    """Eight slices per thread when each keeps at least 8 columns, else one per thread."""
+    assert slice_count(out, threads) == parts
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_narrow_slices_give_the_plain_product(two_threads, rows) -> None:
+    """A wide matrix is multiplied in 16 narrow slices (2 threads), in the right column order."""
+    torch.manual_seed(0)
+    weights = InferenceWeights()
+    w = torch.randn(256, 48)
+    x = torch.randn(rows, 1, 48)
+    got = weights.linear(x, w)
+    (split,) = [held[2] for held in weights._split.values()]
+    assert split.shape == (16, 48, 16)
+    torch.testing.assert_close(got, F.linear(x, w), atol=1e-5, rtol=1e-5)
 
 
 def test_model_decode_follows_weight_updates(two_threads) -> None:

@@ -5,8 +5,8 @@ A decode step multiplies a few rows by every weight matrix once: matrix-vector p
 speed is the speed of reading the weights. On a CPU, ``F.linear`` with a handful of rows runs
 them on one core (MKL picks one thread for such sizes), so one core's memory bandwidth bounds a
 step. :class:`InferenceWeights` keeps, for small row counts on a multi-threaded CPU, each matrix
-split into one slice of output columns per thread and stored transposed, ``(S, in, out / S)``;
-one batched product then reads the slices on all cores at once (measured in
+split into slices of output columns (a few per thread) and stored transposed, ``(S, in, out /
+S)``; one batched product then reads the slices on all cores at once (measured in
 ``benchmarks/inference.py``). Otherwise, and for many rows (prefill, scoring: compute-bound,
 where MKL's own threading wins), the product is a plain ``F.linear``.
 
@@ -21,6 +21,12 @@ import torch.nn.functional as F
 
 # Row counts up to this use the split layout (decode steps of up to this many sequences).
 SPLIT_MAX_ROWS = 16
+# Slices per thread, where the output width allows: narrow slices keep each product's share of
+# the weights small, so several rows (a batch-8 step) multiply 12-15 % faster than with one wide
+# slice per thread; one row is as fast either way (benchmarks/README.md).
+SLICES_PER_THREAD = 8
+# The narrowest slice worth a product of its own.
+MIN_SLICE_COLUMNS = 8
 
 _Key = tuple[int, ...]
 
@@ -71,7 +77,7 @@ class InferenceWeights:
             or out % threads != 0
         ):
             return F.linear(x, self.stacked(*weights))
-        split = self._split_weight(weights, threads)
+        split = self._split_weight(weights, slice_count(out, threads))
         parts, width, cols = split.shape
         y = torch.bmm(x.reshape(1, rows, width).expand(parts, rows, width), split)
         if rows > 1:
@@ -89,6 +95,16 @@ class InferenceWeights:
             held = (key, parts, split)
             self._split[ids] = held
         return held[2]
+
+
+def slice_count(out: int, threads: int) -> int:
+    """How many column slices a matrix of ``out`` output columns is split into for ``threads``
+    threads: :data:`SLICES_PER_THREAD` per thread when they divide ``out`` into slices of at
+    least :data:`MIN_SLICE_COLUMNS`, else one per thread."""
+    parts = threads * SLICES_PER_THREAD
+    if out % parts == 0 and out // parts >= MIN_SLICE_COLUMNS:
+        return parts
+    return threads
 
 
 def _identity(weights: tuple[torch.Tensor, ...]) -> tuple[tuple[int, ...], _Key]:

@@ -73,16 +73,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def loaded_engine(
+    model: Any, vocab: int, batch: int, prompt_len: int, new_tokens: int, autocast: Any
+) -> Engine:
+    """An engine of ``batch`` slots with ``batch`` random prompts submitted (seeded by the
+    batch size), each to run to ``new_tokens`` with no stop tokens."""
+    engine = Engine(model, IdsTokenizer(vocab), slots=batch, autocast=autocast)
+    generator = torch.Generator().manual_seed(batch)
+    params = SamplingParams(max_tokens=new_tokens, stop_tokens=())
+    for prompt in torch.randint(0, vocab, (batch, prompt_len), generator=generator).tolist():
+        engine.submit(Request(prompt, params))
+    return engine
+
+
 def engine_run(
     model: Any, vocab: int, batch: int, prompt_len: int, new_tokens: int, autocast: Any
 ) -> tuple[float, float]:
     """``(prefill tokens/s, decode tokens/s)`` of the engine with ``batch`` requests at once."""
-    engine = Engine(model, IdsTokenizer(vocab), slots=batch, autocast=autocast)
-    generator = torch.Generator().manual_seed(batch)
-    prompts = torch.randint(0, vocab, (batch, prompt_len), generator=generator).tolist()
-    params = SamplingParams(max_tokens=new_tokens, stop_tokens=())
-    for p in prompts:
-        engine.submit(Request(p, params))
+    engine = loaded_engine(model, vocab, batch, prompt_len, new_tokens, autocast)
     device = next(model.parameters()).device
     start = time.perf_counter()
     events = engine.step()  # admits (prefills) every request and samples its first token
@@ -100,12 +108,9 @@ def step_times(
     model: Any, vocab: int, batch: int, prompt_len: int, new_tokens: int, autocast: Any
 ) -> list[float]:
     """Seconds of each decode step of the engine with ``batch`` requests at once."""
-    engine = Engine(model, IdsTokenizer(vocab), slots=batch, autocast=autocast)
-    generator = torch.Generator().manual_seed(batch)
-    for prompt in torch.randint(0, vocab, (batch, prompt_len), generator=generator).tolist():
-        engine.submit(Request(prompt, SamplingParams(max_tokens=new_tokens, stop_tokens=())))
+    engine = loaded_engine(model, vocab, batch, prompt_len, new_tokens, autocast)
     device = next(model.parameters()).device
-    engine.step()  # prefill
+    engine.step()  # prefill, and the first decode step
     times = []
     while engine.busy:
         start = time.perf_counter()
@@ -166,8 +171,10 @@ def main() -> None:
         "generation (a batch-8 step slows down as the KV cache grows)",
     )
     args = parser.parse_args()
-    if not 0 <= args.by_position <= args.new:
-        parser.error(f"--by-position must be between 0 and --new ({args.new})")
+    # timed steps: the first step admits (prefills, samples one token) and decodes one more
+    steps = max(0, args.new - 2)
+    if not 0 <= args.by_position <= steps:
+        parser.error(f"--by-position must be between 0 and {steps} (the decode steps of --new)")
     device = torch.device(args.device)
     autocast: Any = contextlib.nullcontext
     if device.type == "cuda":

@@ -57,6 +57,10 @@ class KVCache:
         """Tokens held per row, ``(batch_size,)`` long (a new CPU tensor)."""
         return torch.tensor(self._held, dtype=torch.long)
 
+    def held_by(self, rows: torch.Tensor | None = None) -> list[int]:
+        """Tokens held by ``rows`` (every row when None), as Python integers."""
+        return list(self._held) if rows is None else [self._held[r] for r in rows.tolist()]
+
     def reset(self, rows: Sequence[int] | None = None) -> None:
         """Empty ``rows`` (every row when None); their old keys are never read again."""
         for row in range(self.batch_size) if rows is None else rows:
@@ -85,7 +89,7 @@ class KVCache:
         Raises:
             ValueError: a row would exceed ``max_len``.
         """
-        held = self._held if rows is None else [self._held[r] for r in rows.tolist()]
+        held = self.held_by(rows)
         low, high = min(held), max(held)
         needed = high + new_tokens
         if needed > self.max_len:
@@ -166,7 +170,17 @@ class CachedPass:
     causal: bool
     rows: torch.Tensor | None  # the cache rows of the batch's lines (None: all, in order)
     start: int | None  # the rows' common first position, when they share one
+    # one new token per row: the keys each row holds after it (Python integers; else None)
+    ends: list[int] | None = None
     _windows: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def spans(self, window: int | None) -> list[tuple[int, int]]:
+        """Per row, the keys its one new token sees: all it holds, or the last ``window``
+        (a pass of one new token per row only)."""
+        assert self.ends is not None
+        if not window:
+            return [(0, end) for end in self.ends]
+        return [(max(0, end - window), end) for end in self.ends]
 
     def windowed(self, window: int) -> torch.Tensor:
         """The ``(B, 1, T, length)`` mask of a sliding-window layer (made once per pass)."""
@@ -207,6 +221,7 @@ def begin_cached_pass(
     if rows is not None:
         rows = rows.to(idx.device)
     positions, length, start = cache.prepare(T, idx.device, rows)
+    ends = [held + 1 for held in cache.held_by(rows)] if T == 1 else None
     if length > max_context:
         raise ValueError(f"sequence of {length} tokens exceeds the context {max_context}")
     if start is None:
@@ -222,4 +237,4 @@ def begin_cached_pass(
             positions = start + torch.arange(T, device=idx.device).expand(idx.size(0), T)
         keys = torch.arange(length, device=idx.device)
         mask = (keys[None, None, :] <= positions[:, :, None])[:, None]  # (B, 1, T, length)
-    return cos_sin, CachedPass(cache, positions, length, mask, causal, rows, start)
+    return cos_sin, CachedPass(cache, positions, length, mask, causal, rows, start, ends)

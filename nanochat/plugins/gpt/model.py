@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanochat.plugins.gpt import cpu_attention
 from nanochat.plugins.gpt.config import GPTConfig
 from nanochat.plugins.gpt.head import head_loss
 from nanochat.plugins.gpt.infer_linear import InferenceWeights
@@ -153,6 +154,8 @@ class CausalSelfAttention(nn.Module):
                 self.layer_idx, k, v, cached.positions, cached.length, cached.rows, cached.start
             )
             k, v = k.to(q.dtype), v.to(q.dtype)
+            if cached.ends is not None and cpu_attention.usable(q):
+                return cpu_attention.attend_one_token(q, k, v, cached.spans(self.window))
         if self.n_head != self.n_kv_head:
             if _SDPA_GQA:
                 gqa["enable_gqa"] = True

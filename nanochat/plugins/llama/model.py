@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanochat.plugins.gpt import cpu_attention
 from nanochat.plugins.gpt.kv_cache import CachedPass, KVCache, begin_cached_pass
 
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -151,6 +152,9 @@ class Attention(nn.Module):
                 self.layer_idx, k, v, cached.positions, cached.length, cached.rows, cached.start
             )
             k, v = k.to(q.dtype), v.to(q.dtype)
+            if cached.ends is not None and cpu_attention.usable(q):
+                y = cpu_attention.attend_one_token(q, k, v, cached.spans(None))
+                return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
         groups = self.n_head // self.n_kv_head
         gqa: dict[str, Any] = {}
         if groups > 1:

@@ -1,0 +1,149 @@
+"""Single-token attention over a KV cache on the CPU: the Rust kernel (``nanochat-kernels``,
+what the gpt and llama decode steps use) against torch's ``F.scaled_dot_product_attention``
+(what they used before, and what a user would call), in the same run.
+
+Two measurements:
+
+- the attention calls alone, on cache-shaped views (8 rows, every layer of the model, 192
+  positions held): a tight loop, and with 150 small single-threaded operations between calls
+  as in a decode step (the data stay in cache; what changes is the threads' state);
+- the engine's decode steps (256 new tokens after a 64-token prompt, greedy, random weights),
+  batch 1 and batch 8, kernel and SDPA alternating in one process on the same weights: median
+  step time over the whole generation (best of ``--repeat`` runs) and tokens/s.
+
+    uv run python -m benchmarks.decode_attention                  # tiny and d4 shapes
+    uv run python -m benchmarks.decode_attention --shapes d4 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.inference import SHAPES, loaded_engine
+from nanochat.plugins.gpt import cpu_attention
+from nanochat.plugins.gpt.factory import GPTFactory
+
+
+def best_time(fn: Callable[[], object], calls: int, repeat: int = 7) -> float:
+    """Best mean seconds per call of ``fn`` over ``repeat`` loops of ``calls`` calls."""
+    for _ in range(max(1, calls // 10)):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def attention_calls(name: str, rows: int, held: int) -> None:
+    """Print the time of one step's attention calls (every layer) with each implementation."""
+    factory = GPTFactory(SHAPES[name])
+    config = factory.build(factory.config(4096)).config
+    layers, heads, dim = config.n_layer, config.n_head, config.head_dim
+    keys, values = torch.randn(2, layers, rows, config.n_kv_head, 4 * held, dim).unbind(0)
+    q = torch.randn(rows, heads, 1, dim)
+    spans = [(0, held)] * rows
+    small = torch.randn(rows, config.n_embd)
+
+    def kernel() -> None:
+        for i in range(layers):
+            cpu_attention.attend_one_token(q, keys[i, :, :, :held], values[i, :, :, :held], spans)
+
+    def sdpa() -> None:
+        for i in range(layers):
+            F.scaled_dot_product_attention(q, keys[i, :, :, :held], values[i, :, :, :held])
+
+    def between(fn: Callable[[], None]) -> Callable[[], None]:
+        def step() -> None:
+            fn()
+            for _ in range(150):
+                small.mul_(1.0)
+
+        return step
+
+    def filler() -> None:
+        for _ in range(150):
+            small.mul_(1.0)
+
+    gap = best_time(filler, 200)
+    with torch.no_grad():
+        tight = {label: best_time(fn, 300) for label, fn in (("kernel", kernel), ("sdpa", sdpa))}
+        spaced = {
+            label: best_time(between(fn), 200) - gap
+            for label, fn in (("kernel", kernel), ("sdpa", sdpa))
+        }
+    print(
+        f"  {name}: {layers} layers x {rows} rows x {heads} heads x {held} keys of {dim}: "
+        f"tight loop kernel {tight['kernel'] * 1e6:,.0f} us, SDPA {tight['sdpa'] * 1e6:,.0f} us; "
+        f"between small ops kernel {spaced['kernel'] * 1e6:,.0f} us, "
+        f"SDPA {spaced['sdpa'] * 1e6:,.0f} us"
+    )
+
+
+def median_step(model: torch.nn.Module, batch: int, prompt: int, new: int) -> float:
+    """Median seconds of the engine's decode steps for ``batch`` requests."""
+    engine = loaded_engine(model, 4096, batch, prompt, new, contextlib.nullcontext)
+    engine.step()
+    times = []
+    while engine.busy:
+        start = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def engine_steps(name: str, args: argparse.Namespace) -> None:
+    """Print the engine's median decode step with the kernel and with SDPA."""
+    torch.manual_seed(0)
+    factory = GPTFactory(SHAPES[name])
+    model = factory.build(factory.config(4096)).eval()
+    best: dict[tuple[bool, int], float] = {}
+    for _ in range(args.repeat):  # alternating, so a slow spell of the VM hits both
+        for enabled in (True, False):
+            cpu_attention.ENABLED = enabled
+            for batch in (1, args.batch):
+                t = median_step(model, batch, args.prompt, args.new)
+                best[enabled, batch] = min(best.get((enabled, batch), float("inf")), t)
+    cpu_attention.ENABLED = True
+    for batch in (1, args.batch):
+        k, s = best[True, batch], best[False, batch]
+        print(
+            f"  {name} b{batch}: step kernel {k * 1e6:,.0f} us ({batch / k:,.0f} tokens/s), "
+            f"SDPA {s * 1e6:,.0f} us ({batch / s:,.0f} tokens/s), {s / k:.2f}x"
+        )
+    for enabled, label in ((True, "kernel"), (False, "SDPA")):
+        one, many = best[enabled, 1], best[enabled, args.batch]
+        print(f"  {name} b{args.batch}/b1 with {label}: {args.batch * one / many:.2f}x")
+
+
+def main() -> None:
+    """Measure and print."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=["tiny", "d4"], choices=["tiny", "d4"])
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3, help="engine runs per figure (best)")
+    args = parser.parse_args()
+    if not cpu_attention.available():
+        parser.error("nanochat-kernels is not installed: nothing to compare")
+    print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads")
+    print("attention calls of one decode step:")
+    for name in args.shapes:
+        attention_calls(name, args.batch, 192)
+    print(f"engine decode steps ({args.prompt}-token prompt, {args.new} new tokens, median):")
+    for name in args.shapes:
+        engine_steps(name, args)
+
+
+if __name__ == "__main__":
+    main()

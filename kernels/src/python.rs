@@ -1,0 +1,120 @@
+//! Python bindings (the `nanochat_kernels._kernels` extension module).
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::attention::{self, Heads};
+
+/// A buffer's shape and strides in floats, checked: `ndim` dimensions, non-negative strides
+/// that are whole floats, the last dimension contiguous.
+fn layout(buf: &PyBuffer<f32>, name: &str, ndim: usize) -> PyResult<(Vec<usize>, Vec<usize>)> {
+    if buf.dimensions() != ndim {
+        return Err(PyValueError::new_err(format!(
+            "{name} must have {ndim} dimensions, not {}",
+            buf.dimensions()
+        )));
+    }
+    let item = std::mem::size_of::<f32>() as isize;
+    let mut strides = Vec::with_capacity(ndim);
+    for &s in buf.strides() {
+        if s < 0 || s % item != 0 {
+            return Err(PyValueError::new_err(format!(
+                "{name} has a stride of {s} bytes (not a non-negative multiple of 4)"
+            )));
+        }
+        strides.push((s / item) as usize);
+    }
+    if strides[ndim - 1] != 1 && buf.shape()[ndim - 1] > 1 {
+        return Err(PyValueError::new_err(format!(
+            "{name}'s last dimension must be contiguous"
+        )));
+    }
+    Ok((buf.shape().to_vec(), strides))
+}
+
+/// The floats a buffer's view spans, from its first element.
+///
+/// # Safety
+/// The buffer must describe memory that holds every element of its shape at its strides
+/// (what the buffer protocol promises); the slice covers exactly those elements' span.
+unsafe fn span(buf: &PyBuffer<f32>, extent: usize) -> &[f32] {
+    std::slice::from_raw_parts(buf.buf_ptr() as *const f32, extent)
+}
+
+/// Single-token attention over cached keys and values, written into `out`.
+///
+/// `q`: `(rows, heads, dim)`; `k`, `v`: `(rows, kv_heads, len, dim)`; `out`: a writable
+/// C-contiguous `(rows, heads, dim)` buffer, not overlapping the inputs. Row `r` attends to
+/// keys `spans[r][0] <= j < spans[r][1]`. float32 buffers only (numpy arrays, or torch CPU
+/// tensors through `.numpy()`); the GIL is released while it runs.
+#[pyfunction]
+#[pyo3(signature = (q, k, v, out, spans, scale, threads = 1))]
+#[allow(clippy::too_many_arguments)]
+fn decode_attention(
+    py: Python<'_>,
+    q: &Bound<'_, PyAny>,
+    k: &Bound<'_, PyAny>,
+    v: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    spans: Vec<(usize, usize)>,
+    scale: f32,
+    threads: usize,
+) -> PyResult<()> {
+    let get = |obj: &Bound<'_, PyAny>, name: &str| {
+        PyBuffer::<f32>::get(obj)
+            .map_err(|e| PyTypeError::new_err(format!("{name} must be a float32 buffer: {e}")))
+    };
+    let (qb, kb, vb, ob) = (get(q, "q")?, get(k, "k")?, get(v, "v")?, get(out, "out")?);
+    let (qs, qst) = layout(&qb, "q", 3)?;
+    let (ks, kst) = layout(&kb, "k", 4)?;
+    let (vs, vst) = layout(&vb, "v", 4)?;
+    let (os, _) = layout(&ob, "out", 3)?;
+    if ob.readonly() || !ob.is_c_contiguous() || os != qs {
+        return Err(PyValueError::new_err(
+            "out must be a writable C-contiguous buffer of the queries' shape",
+        ));
+    }
+    let heads3 = |s: &[usize], st: &[usize], one: bool| {
+        let shape = [s[0], s[1], if one { 1 } else { s[2] }];
+        let strides = [st[0], st[1], if one { 0 } else { st[2] }];
+        (shape, strides, *s.last().unwrap_or(&0))
+    };
+    let (q3, k3, v3) = (
+        heads3(&qs, &qst, true),
+        heads3(&ks, &kst, false),
+        heads3(&vs, &vst, false),
+    );
+    let extent = |h: ([usize; 3], [usize; 3], usize), name: &str| {
+        Heads::extent(h.0, h.1, h.2)
+            .filter(|_| !h.0.contains(&0) && h.2 > 0)
+            .ok_or_else(|| PyValueError::new_err(format!("{name} is empty")))
+    };
+    let (qe, ke, ve) = (extent(q3, "q")?, extent(k3, "k")?, extent(v3, "v")?);
+    let (op, on) = (ob.buf_ptr() as usize, ob.item_count());
+    for (buf, e) in [(&qb, qe), (&kb, ke), (&vb, ve)] {
+        let start = buf.buf_ptr() as usize;
+        if start < op + on * 4 && op < start + e * 4 {
+            return Err(PyValueError::new_err("out overlaps an input"));
+        }
+    }
+    py.allow_threads(|| {
+        // SAFETY: each span covers its buffer's elements (shape, strides, first element), and
+        // the buffers stay alive (held by this frame) while the GIL is released; out is
+        // contiguous, writable and overlaps no input.
+        let (qd, kd, vd) = unsafe { (span(&qb, qe), span(&kb, ke), span(&vb, ve)) };
+        let od = unsafe { std::slice::from_raw_parts_mut(ob.buf_ptr() as *mut f32, on) };
+        let qh = Heads::new(qd, q3.0, q3.1, q3.2)?;
+        let kh = Heads::new(kd, k3.0, k3.1, k3.2)?;
+        let vh = Heads::new(vd, v3.0, v3.1, v3.2)?;
+        attention::decode_attention(&qh, &kh, &vh, od, &spans, scale, threads)
+    })
+    .map_err(|e| PyValueError::new_err(e.0))
+}
+
+/// The extension module.
+#[pymodule]
+fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(decode_attention, m)?)?;
+    Ok(())
+}

@@ -1,5 +1,5 @@
-"""The inference weight layouts of the gpt model: stacked and split products equal plain ones,
-and follow weight updates."""
+"""The inference weight layouts of the gpt model: stacked, panel (the Rust kernel) and split
+(torch only) products equal plain ones, and follow weight updates."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nanochat.plugins.gpt import cpu_kernels
 from nanochat.plugins.gpt.factory import GPTFactory
 from nanochat.plugins.gpt.infer_linear import SPLIT_MAX_ROWS, InferenceWeights, slice_count
 from nanochat.plugins.gpt.options import GPTOptions
@@ -21,10 +22,19 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def torch_only(monkeypatch):
+    """Without the compiled kernels: the split layout (torch's batched product)."""
+    monkeypatch.setattr(cpu_kernels, "ENABLED", False)
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch-only"])
 @pytest.mark.parametrize("shape", [(1, 1, 48), (8, 1, 48), (3, 48), (2, 5, 48), (40, 48)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_products_equal_f_linear(shape, threads) -> None:
-    """Decode-sized inputs (split layout with 2 threads) and larger ones (plain) alike."""
+def test_products_equal_f_linear(shape, threads, kernels, monkeypatch) -> None:
+    """Decode-sized inputs (panels, or the split layout with 2 threads) and larger ones
+    (plain) alike."""
+    monkeypatch.setattr(cpu_kernels, "ENABLED", kernels)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -40,7 +50,35 @@ def test_products_equal_f_linear(shape, threads) -> None:
         torch.set_num_threads(before)
 
 
-def test_split_layout_is_used_and_follows_updates(two_threads) -> None:
+def test_panel_layout_is_used_and_follows_updates(two_threads) -> None:
+    """With the kernels, decode-sized products go through one panel copy per weight group,
+    made once and rebuilt after an in-place update; a width that is not whole panels, too many
+    rows or another dtype take the other paths."""
+    assert cpu_kernels.available()
+    weights = InferenceWeights()
+    w = torch.randn(64, 48)
+    x = torch.randn(SPLIT_MAX_ROWS, 48)
+    torch.testing.assert_close(weights.linear(x, w), F.linear(x, w), atol=1e-5, rtol=1e-5)
+    (panels,) = [held[1] for held in weights._panels.values()]
+    assert panels.data_ptr() == weights._panels[id(w),][2].ctypes.data  # one memory
+    assert panels.shape == (4, 48, 16)
+    torch.testing.assert_close(panels[1], w[16:32].T)
+    weights.linear(x, w)
+    assert [held[1] for held in weights._panels.values()][0] is panels  # reused
+    w.mul_(2.0)  # an optimizer step
+    torch.testing.assert_close(weights.linear(x, w), F.linear(x, w), atol=1e-5, rtol=1e-5)
+    odd = torch.randn(40, 48)  # 40 columns: not whole panels
+    torch.testing.assert_close(weights.linear(x, odd), F.linear(x, odd), atol=1e-5, rtol=1e-5)
+    wide = torch.randn(SPLIT_MAX_ROWS + 1, 48)
+    torch.testing.assert_close(weights.linear(wide, w), F.linear(wide, w), atol=1e-5, rtol=1e-5)
+    assert weights.linear(x.to(torch.bfloat16), w.to(torch.bfloat16)).dtype == torch.bfloat16
+    strided = torch.randn(3, 96)[:, ::2]  # rows whose floats are not contiguous
+    torch.testing.assert_close(
+        weights.linear(strided, w), F.linear(strided, w), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_split_layout_is_used_and_follows_updates(two_threads, torch_only) -> None:
     """The split copy is made once, rebuilt after an in-place update or a dtype move."""
     weights = InferenceWeights()
     w = torch.randn(64, 48)
@@ -68,7 +106,7 @@ def test_slices_per_thread_where_the_width_allows(out, threads, parts) -> None:
 
 
 @pytest.mark.parametrize("rows", [1, 8])
-def test_narrow_slices_give_the_plain_product(two_threads, rows) -> None:
+def test_narrow_slices_give_the_plain_product(two_threads, torch_only, rows) -> None:
     """A wide matrix is multiplied in 16 narrow slices (2 threads), in the right column order."""
     torch.manual_seed(0)
     weights = InferenceWeights()
@@ -80,8 +118,11 @@ def test_narrow_slices_give_the_plain_product(two_threads, rows) -> None:
     torch.testing.assert_close(got, F.linear(x, w), atol=1e-5, rtol=1e-5)
 
 
-def test_model_decode_follows_weight_updates(two_threads) -> None:
-    """Decode steps (split products) equal the training path, also after the weights change."""
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch-only"])
+def test_model_decode_follows_weight_updates(two_threads, kernels, monkeypatch) -> None:
+    """Decode steps (panel or split products) equal the training path, also after the weights
+    change."""
+    monkeypatch.setattr(cpu_kernels, "ENABLED", kernels)
     factory = GPTFactory(GPTOptions(depth=2, head_dim=32, sequence_len=32))
     torch.manual_seed(0)
     model = factory.build(factory.config(100)).eval()

@@ -163,14 +163,14 @@ pub fn decode_attention(
 
 /// `out`'s first float, shared with the threads that write their blocks of it.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 
 // SAFETY: each thread writes only its own block (see `decode_attention`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

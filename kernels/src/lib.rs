@@ -6,6 +6,7 @@
 //! its time on setup and packing for a query of one row.
 
 pub mod attention;
+pub mod linear;
 pub mod omp;
 
 pub use attention::{decode_attention, AttentionError, Heads};

@@ -5,6 +5,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::attention::{self, Heads};
+use crate::linear::{self, Rows, PANEL};
 
 /// A buffer's shape and strides in floats, checked: `ndim` dimensions, non-negative strides
 /// that are whole floats, the last dimension contiguous.
@@ -112,9 +113,69 @@ fn decode_attention(
     .map_err(|e| PyValueError::new_err(e.0))
 }
 
+/// `out = x · W` for a few rows `x` (`(rows, inner)`, rows any non-negative stride apart, each
+/// contiguous) and `W` (`inner x cols`) in column panels: `panels` is a C-contiguous
+/// `(cols / 16, inner, 16)` buffer. `out`: a writable C-contiguous `(rows, cols)` buffer apart
+/// from the inputs. The panels are split over `threads` threads of the process's OpenMP team;
+/// the GIL is released while it runs.
+#[pyfunction]
+#[pyo3(signature = (x, panels, out, threads = 1))]
+fn panel_matmul(
+    py: Python<'_>,
+    x: &Bound<'_, PyAny>,
+    panels: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    threads: usize,
+) -> PyResult<()> {
+    let get = |obj: &Bound<'_, PyAny>, name: &str| {
+        PyBuffer::<f32>::get(obj)
+            .map_err(|e| PyTypeError::new_err(format!("{name} must be a float32 buffer: {e}")))
+    };
+    let (xb, pb, ob) = (get(x, "x")?, get(panels, "panels")?, get(out, "out")?);
+    let (xs, xst) = layout(&xb, "x", 2)?;
+    let (ps, _) = layout(&pb, "panels", 3)?;
+    let (os, _) = layout(&ob, "out", 2)?;
+    if !pb.is_c_contiguous() || ps[1] != xs[1] || ps[2] != PANEL {
+        return Err(PyValueError::new_err(format!(
+            "panels must be a C-contiguous (cols / {PANEL}, {}, {PANEL}) buffer, not {ps:?}",
+            xs[1]
+        )));
+    }
+    if ob.readonly() || !ob.is_c_contiguous() || os != [xs[0], ps[0] * PANEL] {
+        return Err(PyValueError::new_err(format!(
+            "out must be a writable C-contiguous ({}, {}) buffer",
+            xs[0],
+            ps[0] * PANEL
+        )));
+    }
+    let (rows, inner) = (xs[0], xs[1]);
+    if rows == 0 || inner == 0 || ps[0] == 0 {
+        return Err(PyValueError::new_err("empty product"));
+    }
+    let x_extent = (rows - 1) * xst[0] + inner;
+    let (op, on) = (ob.buf_ptr() as usize, ob.item_count());
+    for (buf, e) in [(&xb, x_extent), (&pb, pb.item_count())] {
+        let start = buf.buf_ptr() as usize;
+        if start < op + on * 4 && op < start + e * 4 {
+            return Err(PyValueError::new_err("out overlaps an input"));
+        }
+    }
+    py.allow_threads(|| {
+        // SAFETY: as in `decode_attention`: spans within the buffers, alive while the GIL is
+        // released, out contiguous, writable and apart from the inputs.
+        let xd = unsafe { span(&xb, x_extent) };
+        let pd = unsafe { span(&pb, pb.item_count()) };
+        let od = unsafe { std::slice::from_raw_parts_mut(ob.buf_ptr() as *mut f32, on) };
+        linear::panel_matmul(&Rows::new(xd, rows, inner, xst[0])?, pd, od, threads)
+    })
+    .map_err(|e| PyValueError::new_err(e.0))
+}
+
 /// The extension module.
 #[pymodule]
 fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_attention, m)?)?;
+    m.add_function(wrap_pyfunction!(panel_matmul, m)?)?;
+    m.add("PANEL", PANEL)?;
     Ok(())
 }

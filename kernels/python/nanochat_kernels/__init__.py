@@ -6,6 +6,6 @@ cache holds for that row (float32 buffers; the GIL is released while it runs).
 
 from __future__ import annotations
 
-from nanochat_kernels._kernels import decode_attention
+from nanochat_kernels._kernels import PANEL, decode_attention, panel_matmul
 
-__all__ = ["decode_attention"]
+__all__ = ["PANEL", "decode_attention", "panel_matmul"]

@@ -7,7 +7,7 @@ torch's SDPA spends most of such a call on setup and packing for a general query
 kernel streams each row's keys and values once, on the threads of torch's own OpenMP team, and
 takes each row's span of keys directly (rows at different positions, sliding windows: no mask).
 A batch-8 decode step of the d4 model is 12-16 % faster with it (``benchmarks/README.md``,
-``python -m benchmarks.decode_attention``).
+``python -m benchmarks.cpu_kernels``).
 
 It runs for float32 CPU tensors without autograd; everything else (bf16, CUDA, training, several
 new tokens per row) goes through ``F.scaled_dot_product_attention`` as before.
@@ -15,27 +15,13 @@ new tokens per row) goes through ``F.scaled_dot_product_attention`` as before.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 
-_kernel: Callable[..., Any] | None
-try:
-    from nanochat_kernels import decode_attention as _kernel
-except ImportError:  # a platform without the compiled kernels: SDPA everywhere
-    _kernel = None
+from nanochat.plugins.gpt import cpu_kernels
 
-# Set False to send every call to torch's SDPA (for comparisons: benchmarks, tests).
-ENABLED = True
 # Floats of keys and values one call reads before it is split over torch's threads: below it,
 # starting the threads costs more than they save.
 PARALLEL_MIN_FLOATS = 32_768
-
-
-def available() -> bool:
-    """Whether the compiled kernel is installed (and not switched off by :data:`ENABLED`)."""
-    return _kernel is not None and ENABLED
 
 
 def usable(q: torch.Tensor) -> bool:
@@ -46,7 +32,7 @@ def usable(q: torch.Tensor) -> bool:
         and q.device.type == "cpu"
         and q.dtype == torch.float32
         and not torch.is_grad_enabled()
-        and available()
+        and cpu_kernels.available()
     )
 
 
@@ -65,12 +51,12 @@ def attend_one_token(
     Returns:
         ``(B, H, 1, D)`` float32.
     """
-    assert _kernel is not None
+    assert cpu_kernels.compiled is not None
     B, H, _, D = q.shape
     out = torch.empty(B, H, 1, D)
     floats = sum(hi - lo for lo, hi in spans) * k.size(1) * D * 2
     threads = torch.get_num_threads() if floats >= PARALLEL_MIN_FLOATS else 1
-    _kernel(
+    cpu_kernels.compiled.decode_attention(
         q.view(B, H, D).numpy(),
         k.numpy(),
         v.numpy(),

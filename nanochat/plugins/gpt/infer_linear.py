@@ -4,9 +4,13 @@ read as Python numbers.
 A decode step multiplies a few rows by every weight matrix once: matrix-vector products whose
 speed is the speed of reading the weights. On a CPU, ``F.linear`` with a handful of rows runs
 them on one core (MKL picks one thread for such sizes), so one core's memory bandwidth bounds a
-step. :class:`InferenceWeights` keeps, for small row counts on a multi-threaded CPU, each matrix
-split into slices of output columns (a few per thread) and stored transposed, ``(S, in, out /
-S)``; one batched product then reads the slices on all cores at once (measured in
+step. For small row counts on the CPU, :class:`InferenceWeights` keeps each matrix in the
+layout of the panel kernel of ``nanochat-kernels`` (Rust): column panels of 16, ``(out / 16,
+in, 16)``, each read front to back with a tile of partial sums in registers, the panels split
+over torch's OpenMP threads; 1.7-2.5x faster than the split layout below for one or eight rows
+(``benchmarks/cpu_kernels.py``). Without the kernels, on a multi-threaded CPU, each matrix
+is split into slices of output columns (a few per thread) and stored transposed, ``(S, in, out
+/ S)``; one batched product then reads the slices on all cores at once (measured in
 ``benchmarks/inference.py``). Otherwise, and for many rows (prefill, scoring: compute-bound,
 where MKL's own threading wins), the product is a plain ``F.linear``.
 
@@ -16,10 +20,14 @@ Derived matrices are cached and rebuilt when a source changes (an optimizer step
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-# Row counts up to this use the split layout (decode steps of up to this many sequences).
+from nanochat.plugins.gpt import cpu_kernels
+
+# Row counts up to this use the panel or split layout (decode steps of up to this many sequences).
 SPLIT_MAX_ROWS = 16
 # Slices per thread, where the output width allows: narrow slices keep each product's share of
 # the weights small, so several rows (a batch-8 step) multiply 12-15 % faster than with one wide
@@ -27,8 +35,12 @@ SPLIT_MAX_ROWS = 16
 SLICES_PER_THREAD = 8
 # The narrowest slice worth a product of its own.
 MIN_SLICE_COLUMNS = 8
+# Weights (floats) of one product before the panel kernel splits it over torch's threads.
+PANEL_PARALLEL_MIN_FLOATS = 65_536
 
 _Key = tuple[int, ...]
+# Columns per panel of the panel kernel's weight layout.
+PANEL = 16
 
 
 class InferenceWeights:
@@ -38,6 +50,8 @@ class InferenceWeights:
         self._stacked: dict[tuple[int, ...], tuple[_Key, torch.Tensor]] = {}
         self._split: dict[tuple[int, ...], tuple[_Key, int, torch.Tensor]] = {}
         self._floats: dict[tuple[int, ...], tuple[_Key, list[float]]] = {}
+        # panels, and the same memory as an array (the kernel's argument, made once)
+        self._panels: dict[tuple[int, ...], tuple[_Key, torch.Tensor, Any]] = {}
 
     def floats(self, scalars: torch.Tensor) -> list[float]:
         """A small parameter's values as Python numbers (a scalar of a Python number costs no
@@ -64,11 +78,22 @@ class InferenceWeights:
         return held[1]
 
     def linear(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
-        """``x @ stacked(weights).T`` (``x``: ``(..., in)``), through the split layout when
-        that is faster (CPU, float32, several threads, at most :data:`SPLIT_MAX_ROWS` rows)."""
+        """``x @ stacked(weights).T`` (``x``: ``(..., in)``). For at most
+        :data:`SPLIT_MAX_ROWS` float32 rows on the CPU: by the panel kernel of
+        ``nanochat-kernels`` where installed (widths a multiple of :data:`PANEL`), else through
+        the split layout when that is faster (several threads); otherwise ``F.linear``."""
         threads = torch.get_num_threads()
         rows = x.numel() // x.size(-1)
         out = sum(w.size(0) for w in weights)
+        if (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and 0 < rows <= SPLIT_MAX_ROWS
+            and out % PANEL == 0
+            and cpu_kernels.available()
+            and not (torch.is_grad_enabled() and _tracked(x, weights))
+        ):
+            return self._panel_linear(x, weights, rows, out, threads)
         if (
             x.device.type != "cpu"
             or x.dtype != torch.float32
@@ -84,6 +109,29 @@ class InferenceWeights:
             y = y.transpose(0, 1)  # (rows, parts, cols)
         return y.reshape(*x.shape[:-1], parts * cols)
 
+    def _panel_linear(
+        self, x: torch.Tensor, weights: tuple[torch.Tensor, ...], rows: int, out: int, threads: int
+    ) -> torch.Tensor:
+        """``x @ stacked(weights).T`` by the panel kernel of ``nanochat-kernels``."""
+        assert cpu_kernels.compiled is not None
+        ids, key = _identity(weights)
+        held = self._panels.get(ids)
+        if held is None or held[0] != key:
+            stacked = torch.cat([w.detach() for w in weights])
+            panels = stacked.view(out // PANEL, PANEL, -1).transpose(1, 2).contiguous()
+            held = (key, panels, panels.numpy())
+            self._panels[ids] = held
+        flat = x.reshape(rows, x.size(-1))
+        if flat.requires_grad:
+            flat = flat.detach()
+        if flat.stride(-1) != 1:
+            flat = flat.contiguous()
+        y = torch.empty(rows, out)
+        if held[1].numel() < PANEL_PARALLEL_MIN_FLOATS:
+            threads = 1
+        cpu_kernels.compiled.panel_matmul(flat.numpy(), held[2], y.numpy(), threads)
+        return y.view(*x.shape[:-1], out)
+
     def _split_weight(self, weights: tuple[torch.Tensor, ...], parts: int) -> torch.Tensor:
         """The stacked matrix as ``parts`` transposed column slices ``(parts, in, out/parts)``."""
         ids, key = _identity(weights)
@@ -95,6 +143,11 @@ class InferenceWeights:
             held = (key, parts, split)
             self._split[ids] = held
         return held[2]
+
+
+def _tracked(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> bool:
+    """Whether autograd follows ``x`` or a weight (the kernel's products would not be)."""
+    return x.requires_grad or any(w.requires_grad for w in weights)
 
 
 def slice_count(out: int, threads: int) -> int:

@@ -1,18 +1,17 @@
-"""Single-token attention over a KV cache on the CPU: the Rust kernel (``nanochat-kernels``,
-what the gpt and llama decode steps use) against torch's ``F.scaled_dot_product_attention``
-(what they used before, and what a user would call), in the same run.
+"""The Rust CPU kernels of ``nanochat-kernels`` (what the gpt and llama decode steps use on the
+CPU in fp32) against what the decode step did with torch alone, in the same run:
 
-Two measurements:
-
-- the attention calls alone, on cache-shaped views (8 rows, every layer of the model, 192
-  positions held): a tight loop, and with 150 small single-threaded operations between calls
-  as in a decode step (the data stay in cache; what changes is the threads' state);
+- single-token attention over cache-shaped views (8 rows, every layer of the model, 192
+  positions held) against ``F.scaled_dot_product_attention``: a tight loop, and with 150 small
+  single-threaded operations between calls, as in a decode step;
+- each weight product of the model at 1 and 8 rows: the panel kernel against the split layout
+  (torch's batched product over column slices, the torch-only decode path) and ``F.linear``;
 - the engine's decode steps (256 new tokens after a 64-token prompt, greedy, random weights),
-  batch 1 and batch 8, kernel and SDPA alternating in one process on the same weights: median
-  step time over the whole generation (best of ``--repeat`` runs) and tokens/s.
+  batch 1 and batch 8, kernels on and off alternating in one process on the same weights:
+  median step time over the whole generation (best of ``--repeat`` runs) and tokens/s.
 
-    uv run python -m benchmarks.decode_attention                  # tiny and d4 shapes
-    uv run python -m benchmarks.decode_attention --shapes d4 --repeat 5
+    uv run python -m benchmarks.cpu_kernels                  # tiny and d4 shapes
+    uv run python -m benchmarks.cpu_kernels --shapes d4 --repeat 5
 """
 
 from __future__ import annotations
@@ -27,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.inference import SHAPES, loaded_engine
-from nanochat.plugins.gpt import cpu_attention
+from nanochat.plugins.gpt import cpu_attention, cpu_kernels
 from nanochat.plugins.gpt.factory import GPTFactory
+from nanochat.plugins.gpt.infer_linear import InferenceWeights
 
 
 def best_time(fn: Callable[[], object], calls: int, repeat: int = 7) -> float:
@@ -89,6 +89,41 @@ def attention_calls(name: str, rows: int, held: int) -> None:
     )
 
 
+def products(name: str) -> None:
+    """Print each weight product of the model at 1 and 8 rows, three ways."""
+    torch.manual_seed(0)
+    factory = GPTFactory(SHAPES[name])
+    model = factory.build(factory.config(4096)).eval()
+    block = model.block_list()[0]
+    attn, mlp = block.attn, block.mlp
+    groups = {
+        "q/k/v": (attn.c_q.weight, attn.c_k.weight, attn.c_v.weight),
+        "attn proj": (attn.c_proj.weight,),
+        "MLP in": (mlp.c_fc.weight,),
+        "MLP out": (mlp.c_proj.weight,),
+        "head": (model.lm_head.weight,),
+    }
+    panel, split = InferenceWeights(), InferenceWeights()
+    with torch.no_grad():
+        for label, weights in groups.items():
+            stacked = torch.cat([w.detach() for w in weights])
+            figures = []
+            for rows in (1, 8):
+                x = torch.randn(rows, 1, stacked.size(1))
+                cpu_kernels.ENABLED = True
+                p = best_time(lambda x=x, w=weights: panel.linear(x, *w), 300)
+                cpu_kernels.ENABLED = False
+                s = best_time(lambda x=x, w=weights: split.linear(x, *w), 300)
+                f = best_time(lambda x=x, m=stacked: F.linear(x, m), 300)
+                figures.append(
+                    f"{rows} row{'s' if rows > 1 else ''}: panels {p * 1e6:,.1f}, split "
+                    f"{s * 1e6:,.1f}, F.linear {f * 1e6:,.1f} us ({s / p:.1f}x split)"
+                )
+            cpu_kernels.ENABLED = True
+            shape = f"{stacked.size(0)}x{stacked.size(1)}"
+            print(f"  {name} {label} ({shape}): " + "; ".join(figures))
+
+
 def median_step(model: torch.nn.Module, batch: int, prompt: int, new: int) -> float:
     """Median seconds of the engine's decode steps for ``batch`` requests."""
     engine = loaded_engine(model, 4096, batch, prompt, new, contextlib.nullcontext)
@@ -102,25 +137,25 @@ def median_step(model: torch.nn.Module, batch: int, prompt: int, new: int) -> fl
 
 
 def engine_steps(name: str, args: argparse.Namespace) -> None:
-    """Print the engine's median decode step with the kernel and with SDPA."""
+    """Print the engine's median decode step with the kernels and with torch alone."""
     torch.manual_seed(0)
     factory = GPTFactory(SHAPES[name])
     model = factory.build(factory.config(4096)).eval()
     best: dict[tuple[bool, int], float] = {}
     for _ in range(args.repeat):  # alternating, so a slow spell of the VM hits both
         for enabled in (True, False):
-            cpu_attention.ENABLED = enabled
+            cpu_kernels.ENABLED = enabled
             for batch in (1, args.batch):
                 t = median_step(model, batch, args.prompt, args.new)
                 best[enabled, batch] = min(best.get((enabled, batch), float("inf")), t)
-    cpu_attention.ENABLED = True
+    cpu_kernels.ENABLED = True
     for batch in (1, args.batch):
         k, s = best[True, batch], best[False, batch]
         print(
-            f"  {name} b{batch}: step kernel {k * 1e6:,.0f} us ({batch / k:,.0f} tokens/s), "
-            f"SDPA {s * 1e6:,.0f} us ({batch / s:,.0f} tokens/s), {s / k:.2f}x"
+            f"  {name} b{batch}: step with kernels {k * 1e6:,.0f} us ({batch / k:,.0f} "
+            f"tokens/s), torch only {s * 1e6:,.0f} us ({batch / s:,.0f} tokens/s), {s / k:.2f}x"
         )
-    for enabled, label in ((True, "kernel"), (False, "SDPA")):
+    for enabled, label in ((True, "kernels"), (False, "torch only")):
         one, many = best[enabled, 1], best[enabled, args.batch]
         print(f"  {name} b{args.batch}/b1 with {label}: {args.batch * one / many:.2f}x")
 
@@ -134,12 +169,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="engine runs per figure (best)")
     args = parser.parse_args()
-    if not cpu_attention.available():
+    if not cpu_kernels.available():
         parser.error("nanochat-kernels is not installed: nothing to compare")
     print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads")
     print("attention calls of one decode step:")
     for name in args.shapes:
         attention_calls(name, args.batch, 192)
+    print("weight products (tight loop):")
+    for name in args.shapes:
+        products(name)
     print(f"engine decode steps ({args.prompt}-token prompt, {args.new} new tokens, median):")
     for name in args.shapes:
         engine_steps(name, args)

@@ -1,7 +1,8 @@
-"""The Rust single-token attention kernel (``nanochat-kernels``) behind the gpt and llama
-decode steps on the CPU: equal to torch's SDPA for every kind of span (shared, per row, sliding
-window), grouped heads and strided cache views, on one thread and on torch's team; bad buffers
-refused with a clear error; the same greedy tokens through the engine with it and without."""
+"""The Rust CPU kernels (``nanochat-kernels``) behind the gpt and llama decode steps: the
+single-token attention equals torch's SDPA for every kind of span (shared, per row, sliding
+window), grouped heads and strided cache views, on one thread and on torch's team; the panel
+product equals a plain product; bad buffers are refused with a clear error; the engine gives the
+same greedy tokens with the kernels and without."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from nanochat_kernels import decode_attention
+from nanochat_kernels import PANEL, decode_attention, panel_matmul
 
 from nanochat.core.engine import Engine, Request, SamplingParams
-from nanochat.plugins.gpt import cpu_attention
+from nanochat.plugins.gpt import cpu_attention, cpu_kernels
 from nanochat.plugins.gpt.factory import GPTFactory
 from nanochat.plugins.gpt.options import GPTOptions
 
 
 def test_the_kernel_is_installed() -> None:
     """CI must exercise the kernel, not silently fall back to SDPA."""
-    assert cpu_attention.available()
+    assert cpu_kernels.available()
 
 
 def sdpa_reference(q, k, v, spans) -> torch.Tensor:
@@ -94,6 +95,37 @@ def test_rejects_buffers_that_do_not_fit() -> None:
         )
 
 
+@pytest.mark.parametrize("threads", [1, 2, 5])
+@pytest.mark.parametrize("rows", [1, 3, 8, 16])
+def test_panel_product_equals_a_plain_product(rows: int, threads: int) -> None:
+    torch.manual_seed(rows)
+    inner, cols = 40, 6 * PANEL
+    x = torch.randn(rows, inner + 8)[:, 3 : 3 + inner]  # rows 48 floats apart
+    w = torch.randn(cols, inner)
+    panels = w.view(cols // PANEL, PANEL, inner).transpose(1, 2).contiguous()
+    out = torch.full((rows, cols), float("nan"))
+    panel_matmul(x.numpy(), panels.numpy(), out.numpy(), threads)
+    torch.testing.assert_close(out, x @ w.T, atol=1e-5, rtol=1e-5)
+
+
+def test_panel_product_rejects_buffers_that_do_not_fit() -> None:
+    x = np.zeros((2, 8), np.float32)
+    panels = np.zeros((3, 8, PANEL), np.float32)
+    out = np.zeros((2, 3 * PANEL), np.float32)
+    with pytest.raises(ValueError, match="panels must be"):
+        panel_matmul(x, np.zeros((3, 9, PANEL), np.float32), out)
+    with pytest.raises(ValueError, match="panels must be"):
+        panel_matmul(x, np.zeros((3, 8, 8), np.float32), out)
+    with pytest.raises(ValueError, match=r"out must be a writable C-contiguous \(2, 48\)"):
+        panel_matmul(x, panels, out[:, :32])
+    with pytest.raises(ValueError, match="out overlaps"):
+        panel_matmul(x, panels, panels.reshape(-1)[: 2 * 3 * PANEL].reshape(2, 3 * PANEL))
+    with pytest.raises(TypeError, match="float32"):
+        panel_matmul(x.astype(np.float64), panels, out)
+    with pytest.raises(ValueError, match="dimensions"):
+        panel_matmul(x[0], panels, out)
+
+
 def greedy_tokens(model, prompts: list[list[int]], slots: int) -> list[list[int]]:
     class Ids:
         vocab_size = 512
@@ -127,5 +159,5 @@ def test_engine_gives_the_same_tokens_with_and_without_the_kernel(options, monke
     model.eval()
     prompts = [torch.randint(0, 512, (n,)).tolist() for n in (3, 11, 7, 20, 1)]
     with_kernel = greedy_tokens(model, prompts, slots=3)
-    monkeypatch.setattr(cpu_attention, "ENABLED", False)
+    monkeypatch.setattr(cpu_kernels, "ENABLED", False)
     assert greedy_tokens(model, prompts, slots=3) == with_kernel

@@ -7,10 +7,11 @@ them on one core (MKL picks one thread for such sizes), so one core's memory ban
 step. For small row counts on the CPU, :class:`InferenceWeights` keeps each matrix in the
 layout of the panel kernel of ``nanochat-kernels`` (Rust): column panels of 16, ``(out / 16,
 in, 16)``, each read front to back with a tile of partial sums in registers, the panels split
-over torch's OpenMP threads: for eight rows 1.4-2.3x faster than the split layout below, for
-one row as fast or (the head) 1.3x (``benchmarks/cpu_kernels.py``). Without the kernels, on a multi-threaded CPU, each matrix
-is split into slices of output columns (a few per thread) and stored transposed, ``(S, in, out
-/ S)``; one batched product then reads the slices on all cores at once (measured in
+over torch's OpenMP threads. For eight rows that is 1.2-2.3x faster than the split layout
+below, for one row about as fast, and 1.3-1.6x for the head (``benchmarks/cpu_kernels.py``).
+Without the kernels, on a multi-threaded CPU, each matrix is split into slices of output
+columns (a few per thread) and stored transposed, ``(S, in, out / S)``; one batched product
+then reads the slices on all cores at once (measured in
 ``benchmarks/inference.py``). Otherwise, and for many rows (prefill, scoring: compute-bound,
 where MKL's own threading wins), the product is a plain ``F.linear``.
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.inference import SHAPES, loaded_engine
+from benchmarks.inference import SHAPES, add_generation_arguments, check_context, loaded_engine
 from nanochat.plugins.gpt import cpu_attention, cpu_kernels
 from nanochat.plugins.gpt.factory import GPTFactory
 from nanochat.plugins.gpt.infer_linear import InferenceWeights
@@ -142,6 +142,9 @@ def engine_steps(name: str, args: argparse.Namespace) -> None:
     factory = GPTFactory(SHAPES[name])
     model = factory.build(factory.config(4096)).eval()
     best: dict[tuple[bool, int], float] = {}
+    for enabled in (True, False):  # warm-up: weight layouts, caches, threads
+        cpu_kernels.ENABLED = enabled
+        median_step(model, args.batch, args.prompt, 4)
     for _ in range(args.repeat):  # alternating, so a slow spell of the VM hits both
         for enabled in (True, False):
             cpu_kernels.ENABLED = enabled
@@ -164,11 +167,9 @@ def main() -> None:
     """Measure and print."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["tiny", "d4"], choices=["tiny", "d4"])
-    parser.add_argument("--prompt", type=int, default=64)
-    parser.add_argument("--new", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=3, help="engine runs per figure (best)")
+    add_generation_arguments(parser)
     args = parser.parse_args()
+    check_context(parser, args)
     if not cpu_kernels.available():
         parser.error("nanochat-kernels is not installed: nothing to compare")
     print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads")

@@ -27,6 +27,7 @@ import torch
 
 from nanochat.core.engine import Engine, Request, SamplingParams
 from nanochat.plugins.gpt.factory import GPTFactory
+from nanochat.plugins.gpt.model import ROTARY_LEN_FACTOR
 from nanochat.plugins.gpt.options import GPTOptions
 
 SHAPES: dict[str, GPTOptions] = {
@@ -52,6 +53,50 @@ class IdsTokenizer:
     def encode(self, text: str) -> list[int]:
         """Not used (no tools)."""
         return []
+
+
+MAX_BATCH = 64  # the engine preallocates each slot's cache for the model's whole context
+
+
+def bounded(low: int, high: int) -> Any:
+    """An argparse type: an integer from ``low`` to ``high``, else a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, not {value:,}")
+        return value
+
+    return parse
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prompt, generation, batch and repeat options both generation benchmarks take."""
+    parser.add_argument("--prompt", type=bounded(1, 1 << 20), default=64, help="prompt tokens")
+    parser.add_argument("--new", type=bounded(2, 1 << 20), default=256, help="new tokens per row")
+    parser.add_argument(
+        "--batch", type=bounded(2, MAX_BATCH), default=8, help="rows of the batched runs"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=bounded(1, 100),
+        default=3,
+        help="runs per figure; the best is shown (noisy VMs)",
+    )
+
+
+def check_context(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error when a prompt and its new tokens exceed a shape's context."""
+    for name in args.shapes:
+        context = SHAPES[name].sequence_len * ROTARY_LEN_FACTOR
+        if args.prompt + args.new > context:
+            parser.error(
+                f"--prompt {args.prompt} + --new {args.new} exceeds the {context:,}-token "
+                f"context of {name}"
+            )
 
 
 def naive_decode(model: Any, prompt: torch.Tensor, new_tokens: int, autocast: Any) -> float:
@@ -147,10 +192,8 @@ def main() -> None:
     """Measure and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["tiny", "d4"], choices=sorted(SHAPES))
-    parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--prompt", type=int, default=64)
-    parser.add_argument("--new", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--vocab", type=bounded(2, 1 << 20), default=4096)
+    add_generation_arguments(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--dtypes",
@@ -158,9 +201,6 @@ def main() -> None:
         default=["float32", "bfloat16"],
         choices=["float32", "bfloat16"],
         help="weight dtypes to measure on the CPU (both loops run in it; CUDA uses bf16 autocast)",
-    )
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="runs per figure; the best is shown (noisy VMs)"
     )
     parser.add_argument(
         "--by-position",
@@ -171,11 +211,19 @@ def main() -> None:
         "generation (a batch-8 step slows down as the KV cache grows)",
     )
     args = parser.parse_args()
+    check_context(parser, args)
     # timed steps: the first step admits (prefills, samples one token) and decodes one more
     steps = max(0, args.new - 2)
     if not 0 <= args.by_position <= steps:
         parser.error(f"--by-position must be between 0 and {steps} (the decode steps of --new)")
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: not a device: {args.device!r} (cpu, cuda, cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device: cpu or cuda, not {args.device!r}")
     autocast: Any = contextlib.nullcontext
     if device.type == "cuda":
 

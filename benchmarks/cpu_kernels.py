@@ -21,6 +21,8 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,7 @@ from benchmarks.inference import SHAPES, add_generation_arguments, check_context
 from nanochat.plugins.gpt import cpu_attention, cpu_kernels
 from nanochat.plugins.gpt.factory import GPTFactory
 from nanochat.plugins.gpt.infer_linear import InferenceWeights
+from nanochat.plugins.gpt.model import GPT
 
 
 def best_time(fn: Callable[[], object], calls: int, repeat: int = 7) -> float:
@@ -44,10 +47,26 @@ def best_time(fn: Callable[[], object], calls: int, repeat: int = 7) -> float:
     return best
 
 
-def attention_calls(name: str, rows: int, held: int) -> None:
-    """Print the time of one step's attention calls (every layer) with each implementation."""
+def random_model(name: str) -> GPT:
+    """A randomly initialised model of shape ``name`` (seed 0, vocab 4,096), for inference."""
+    torch.manual_seed(0)
     factory = GPTFactory(SHAPES[name])
-    config = factory.build(factory.config(4096)).config
+    return cast(GPT, factory.build(factory.config(4096))).eval()
+
+
+def then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    """``first`` followed by ``second``, as one call."""
+
+    def both() -> None:
+        first()
+        second()
+
+    return both
+
+
+def attention_calls(name: str, model: GPT, rows: int, held: int) -> None:
+    """Print the time of one step's attention calls (every layer) with each implementation."""
+    config = model.config
     layers, heads, dim = config.n_layer, config.n_head, config.head_dim
     keys, values = torch.randn(2, layers, rows, config.n_kv_head, 4 * held, dim).unbind(0)
     q = torch.randn(rows, heads, 1, dim)
@@ -62,25 +81,15 @@ def attention_calls(name: str, rows: int, held: int) -> None:
         for i in range(layers):
             F.scaled_dot_product_attention(q, keys[i, :, :, :held], values[i, :, :, :held])
 
-    def between(fn: Callable[[], None]) -> Callable[[], None]:
-        def step() -> None:
-            fn()
-            for _ in range(150):
-                small.mul_(1.0)
-
-        return step
-
-    def filler() -> None:
+    def filler() -> None:  # the small single-threaded operations of a decode step
         for _ in range(150):
             small.mul_(1.0)
 
     gap = best_time(filler, 200)
+    ways = (("kernel", kernel), ("sdpa", sdpa))
     with torch.no_grad():
-        tight = {label: best_time(fn, 300) for label, fn in (("kernel", kernel), ("sdpa", sdpa))}
-        spaced = {
-            label: best_time(between(fn), 200) - gap
-            for label, fn in (("kernel", kernel), ("sdpa", sdpa))
-        }
+        tight = {label: best_time(fn, 300) for label, fn in ways}
+        spaced = {label: best_time(then(fn, filler), 200) - gap for label, fn in ways}
     print(
         f"  {name}: {layers} layers x {rows} rows x {heads} heads x {held} keys of {dim}: "
         f"tight loop kernel {tight['kernel'] * 1e6:,.0f} us, SDPA {tight['sdpa'] * 1e6:,.0f} us; "
@@ -89,11 +98,8 @@ def attention_calls(name: str, rows: int, held: int) -> None:
     )
 
 
-def products(name: str) -> None:
-    """Print each weight product of the model at 1 and 8 rows, three ways."""
-    torch.manual_seed(0)
-    factory = GPTFactory(SHAPES[name])
-    model = factory.build(factory.config(4096)).eval()
+def products(name: str, model: GPT, batch: int) -> None:
+    """Print each weight product of the model at 1 and ``batch`` rows, three ways."""
     block = model.block_list()[0]
     attn, mlp = block.attn, block.mlp
     groups = {
@@ -108,13 +114,13 @@ def products(name: str) -> None:
         for label, weights in groups.items():
             stacked = torch.cat([w.detach() for w in weights])
             figures = []
-            for rows in (1, 8):
+            for rows in (1, batch):
                 x = torch.randn(rows, 1, stacked.size(1))
                 cpu_kernels.ENABLED = True
-                p = best_time(lambda x=x, w=weights: panel.linear(x, *w), 300)
+                p = best_time(partial(panel.linear, x, *weights), 300)
                 cpu_kernels.ENABLED = False
-                s = best_time(lambda x=x, w=weights: split.linear(x, *w), 300)
-                f = best_time(lambda x=x, m=stacked: F.linear(x, m), 300)
+                s = best_time(partial(split.linear, x, *weights), 300)
+                f = best_time(partial(F.linear, x, stacked), 300)
                 figures.append(
                     f"{rows} row{'s' if rows > 1 else ''}: panels {p * 1e6:,.1f}, split "
                     f"{s * 1e6:,.1f}, F.linear {f * 1e6:,.1f} us ({s / p:.1f}x split)"
@@ -124,7 +130,7 @@ def products(name: str) -> None:
             print(f"  {name} {label} ({shape}): " + "; ".join(figures))
 
 
-def median_step(model: torch.nn.Module, batch: int, prompt: int, new: int) -> float:
+def median_step(model: GPT, batch: int, prompt: int, new: int) -> float:
     """Median seconds of the engine's decode steps for ``batch`` requests."""
     engine = loaded_engine(model, 4096, batch, prompt, new, contextlib.nullcontext)
     engine.step()
@@ -136,11 +142,8 @@ def median_step(model: torch.nn.Module, batch: int, prompt: int, new: int) -> fl
     return statistics.median(times)
 
 
-def engine_steps(name: str, args: argparse.Namespace) -> None:
+def engine_steps(name: str, model: GPT, args: argparse.Namespace) -> None:
     """Print the engine's median decode step with the kernels and with torch alone."""
-    torch.manual_seed(0)
-    factory = GPTFactory(SHAPES[name])
-    model = factory.build(factory.config(4096)).eval()
     best: dict[tuple[bool, int], float] = {}
     for enabled in (True, False):  # warm-up: weight layouts, caches, threads
         cpu_kernels.ENABLED = enabled
@@ -173,15 +176,16 @@ def main() -> None:
     if not cpu_kernels.available():
         parser.error("nanochat-kernels is not installed: nothing to compare")
     print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads")
+    models = {name: random_model(name) for name in args.shapes}
     print("attention calls of one decode step:")
-    for name in args.shapes:
-        attention_calls(name, args.batch, 192)
+    for name, model in models.items():
+        attention_calls(name, model, args.batch, 192)
     print("weight products (tight loop):")
-    for name in args.shapes:
-        products(name)
+    for name, model in models.items():
+        products(name, model, args.batch)
     print(f"engine decode steps ({args.prompt}-token prompt, {args.new} new tokens, median):")
-    for name in args.shapes:
-        engine_steps(name, args)
+    for name, model in models.items():
+        engine_steps(name, model, args)
 
 
 if __name__ == "__main__":

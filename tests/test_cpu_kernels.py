@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from nanochat_kernels import PANEL, decode_attention, panel_matmul
 
+from benchmarks.inference import IdsTokenizer
 from nanochat.core.engine import Engine, Request, SamplingParams
 from nanochat.plugins.gpt import cpu_attention, cpu_kernels
 from nanochat.plugins.gpt.factory import GPTFactory
@@ -127,17 +128,7 @@ def test_panel_product_rejects_buffers_that_do_not_fit() -> None:
 
 
 def greedy_tokens(model, prompts: list[list[int]], slots: int) -> list[list[int]]:
-    class Ids:
-        vocab_size = 512
-        special_tokens: dict[str, int] = {}
-
-        def decode(self, ids: list[int]) -> str:
-            return " ".join(map(str, ids))
-
-        def encode(self, text: str) -> list[int]:
-            return []
-
-    engine = Engine(model, Ids(), slots=slots)
+    engine = Engine(model, IdsTokenizer(512), slots=slots)
     params = SamplingParams(max_tokens=24, stop_tokens=())
     results = engine.complete([Request(p, params) for p in prompts])
     return [r[0].tokens for r in results]

@@ -1,22 +1,7 @@
 //! Attention of one query token per row over each row's cached keys and values.
 
-use std::fmt;
-
-/// Why a call was refused (shapes or spans that do not fit together).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttentionError(pub String);
-
-impl fmt::Display for AttentionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for AttentionError {}
-
-fn refuse<T>(message: String) -> Result<T, AttentionError> {
-    Err(AttentionError(message))
-}
+use crate::error::{refuse, KernelError};
+use crate::omp;
 
 /// A read-only strided view of `rows x heads x len` vectors of `dim` contiguous floats:
 /// vector `(r, h, l)` starts at `r * strides[0] + h * strides[1] + l * strides[2]` in `data`
@@ -36,7 +21,7 @@ impl<'a> Heads<'a> {
         shape: [usize; 3],
         strides: [usize; 3],
         dim: usize,
-    ) -> Result<Self, AttentionError> {
+    ) -> Result<Self, KernelError> {
         if shape.contains(&0) || dim == 0 {
             return refuse(format!("empty view: shape {shape:?}, dim {dim}"));
         }
@@ -88,7 +73,7 @@ pub fn decode_attention(
     spans: &[(usize, usize)],
     scale: f32,
     threads: usize,
-) -> Result<(), AttentionError> {
+) -> Result<(), KernelError> {
     let [rows, heads, one] = q.shape;
     let [_, kv_heads, len] = k.shape;
     let dim = q.dim;
@@ -130,9 +115,6 @@ pub fn decode_attention(
             out.len()
         ));
     }
-    let items = rows * heads;
-    let threads = threads.clamp(1, items);
-    let per_thread = items.div_ceil(threads);
     let job = Job {
         q,
         k,
@@ -142,37 +124,19 @@ pub fn decode_attention(
         group: heads / kv_heads,
         heads,
     };
-    let blocks = items.div_ceil(per_thread);
-    let base = SendPtr(out.as_mut_ptr());
-    let work = |thread: usize, team: usize| {
-        for block in (thread..blocks).step_by(team) {
-            let first = block * per_thread;
-            let count = per_thread.min(items - first);
-            // SAFETY: blocks are disjoint ranges of `out` (which outlives the call), and each
-            // block is run by exactly one thread.
-            let chunk =
-                unsafe { std::slice::from_raw_parts_mut(base.get().add(first * dim), count * dim) };
-            job.run(first, chunk);
-        }
-    };
-    if !crate::omp::parallel(threads, &work) {
+    let base = omp::SharedOut(out.as_mut_ptr());
+    let done = omp::split(rows * heads, threads, &|items| {
+        // SAFETY: the ranges are disjoint, so are their blocks of `out` (which outlives the
+        // call), and each range is run by exactly one thread.
+        let chunk = unsafe {
+            std::slice::from_raw_parts_mut(base.get().add(items.start * dim), items.len() * dim)
+        };
+        job.run(items.start, chunk);
+    });
+    if !done {
         return refuse("the attention kernel failed on a worker thread".to_string());
     }
     Ok(())
-}
-
-/// `out`'s first float, shared with the threads that write their blocks of it.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-
-// SAFETY: each thread writes only its own block (see `decode_attention`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// One call's inputs, shared by its threads.
@@ -190,14 +154,10 @@ impl Job<'_, '_> {
     /// Items `first..` (one `dim`-wide block of `out` each).
     fn run(&self, first: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: the CPU has the features the function is compiled for.
-                unsafe { self.run_avx2(first, out) };
-                return;
-            }
+        if crate::error::has_avx2_fma() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { self.run_avx2(first, out) };
+            return;
         }
         self.items::<false>(first, out);
     }
@@ -427,21 +387,7 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic pseudo-random floats in [-1, 1).
-    fn floats(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::error::test_floats as floats;
 
     /// The same attention in f64, one (row, head) at a time, from contiguous buffers.
     #[allow(clippy::too_many_arguments)]

@@ -6,10 +6,13 @@
 //! its time on setup and packing for a query of one row.
 
 pub mod attention;
+pub mod error;
 pub mod linear;
 pub mod omp;
 
-pub use attention::{decode_attention, AttentionError, Heads};
+pub use attention::{decode_attention, Heads};
+pub use error::KernelError;
+pub use linear::{panel_matmul, Rows, PANEL};
 
 #[cfg(feature = "python")]
 mod python;

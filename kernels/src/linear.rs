@@ -6,7 +6,8 @@
 //! partial sums of a `4 x 16` tile in registers. With one row the product streams the weights
 //! (memory bound); with eight it does two passes over each panel, which stays in L1.
 
-use crate::attention::AttentionError;
+use crate::error::{has_avx2_fma, refuse, KernelError};
+use crate::omp;
 
 /// Columns per panel.
 pub const PANEL: usize = 16;
@@ -29,7 +30,7 @@ impl<'a> Rows<'a> {
         rows: usize,
         inner: usize,
         stride: usize,
-    ) -> Result<Self, AttentionError> {
+    ) -> Result<Self, KernelError> {
         let end = rows
             .checked_sub(1)
             .and_then(|r| r.checked_mul(stride))
@@ -41,10 +42,10 @@ impl<'a> Rows<'a> {
                 inner,
                 stride,
             }),
-            _ => Err(AttentionError(format!(
+            _ => refuse(format!(
                 "{rows} rows of {inner} floats, {stride} apart, do not fit in {} floats",
                 data.len()
-            ))),
+            )),
         }
     }
 }
@@ -56,41 +57,35 @@ pub fn panel_matmul(
     panels: &[f32],
     y: &mut [f32],
     threads: usize,
-) -> Result<(), AttentionError> {
+) -> Result<(), KernelError> {
     let inner = x.inner;
     if panels.is_empty() || !panels.len().is_multiple_of(inner * PANEL) {
-        return Err(AttentionError(format!(
+        return refuse(format!(
             "{} weights are not whole panels of {inner} x {PANEL}",
             panels.len()
-        )));
+        ));
     }
     let count = panels.len() / (inner * PANEL);
     let cols = count * PANEL;
     if y.len() != x.rows * cols {
-        return Err(AttentionError(format!(
+        return refuse(format!(
             "y holds {} floats, not {} x {cols}",
             y.len(),
             x.rows
-        )));
-    }
-    let threads = threads.clamp(1, count);
-    let per_thread = count.div_ceil(threads);
-    let blocks = count.div_ceil(per_thread);
-    let out = crate::attention::SendPtr(y.as_mut_ptr());
-    let work = |thread: usize, team: usize| {
-        for block in (thread..blocks).step_by(team) {
-            for panel in block * per_thread..((block + 1) * per_thread).min(count) {
-                let weights = &panels[panel * inner * PANEL..(panel + 1) * inner * PANEL];
-                // SAFETY: each panel's columns of `y` are written by one thread only; the
-                // pointer stays within `y` (`rows x cols`, checked above).
-                unsafe { product(x, weights, out.get().add(panel * PANEL), cols) };
-            }
-        }
-    };
-    if !crate::omp::parallel(threads, &work) {
-        return Err(AttentionError(
-            "the product failed on a worker thread".to_string(),
         ));
+    }
+    let simd = has_avx2_fma();
+    let out = omp::SharedOut(y.as_mut_ptr());
+    let done = omp::split(count, threads, &|range| {
+        for panel in range {
+            let weights = &panels[panel * inner * PANEL..(panel + 1) * inner * PANEL];
+            // SAFETY: each panel's columns of `y` are written by one thread only; the pointer
+            // stays within `y` (`rows x cols`, checked above); `simd` only where the CPU has it.
+            unsafe { product(x, weights, out.get().add(panel * PANEL), cols, simd) };
+        }
+    });
+    if !done {
+        return refuse("the product failed on a worker thread".to_string());
     }
     Ok(())
 }
@@ -98,12 +93,12 @@ pub fn panel_matmul(
 /// One panel's 16 columns for every row, written at `y` (row stride `cols`).
 ///
 /// # Safety
-/// `y + r * cols + 0..16` must be writable for every row `r`.
-unsafe fn product(x: &Rows<'_>, weights: &[f32], y: *mut f32, cols: usize) {
+/// `y + r * cols + 0..16` must be writable for every row `r`; `simd` only on a CPU with AVX2
+/// and FMA.
+unsafe fn product(x: &Rows<'_>, weights: &[f32], y: *mut f32, cols: usize, simd: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if simd {
             let mut first = 0;
             while first < x.rows {
                 let n = GROUP.min(x.rows - first);
@@ -188,18 +183,7 @@ pub fn to_panels(w: &[f32], inner: usize, cols: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn floats(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::error::test_floats as floats;
 
     #[test]
     fn matches_a_double_precision_product() {

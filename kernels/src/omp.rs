@@ -7,6 +7,7 @@
 //! points, which LLVM's and Intel's runtimes export too.
 
 use std::ffi::{c_int, c_uint, c_void};
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -96,4 +97,33 @@ pub fn parallel(threads: usize, work: &(dyn Fn(usize, usize) + Sync)) -> bool {
         )
     };
     !call.panicked.load(Ordering::Relaxed)
+}
+
+/// Split `0..count` into at most `threads` contiguous ranges and run `work` on each, over the
+/// OpenMP team (see [`parallel`]); each range runs on exactly one thread. Returns false when a
+/// thread panicked.
+pub fn split(count: usize, threads: usize, work: &(dyn Fn(Range<usize>) + Sync)) -> bool {
+    let threads = threads.clamp(1, count.max(1));
+    let per_thread = count.div_ceil(threads).max(1);
+    let blocks = count.div_ceil(per_thread);
+    parallel(threads, &|thread, team| {
+        for block in (thread..blocks).step_by(team) {
+            work(block * per_thread..((block + 1) * per_thread).min(count));
+        }
+    })
+}
+
+/// An output buffer's first float, shared with the threads that each write their own part.
+#[derive(Clone, Copy)]
+pub struct SharedOut(pub *mut f32);
+
+// SAFETY: the kernels hand each thread a disjoint part of the buffer (see `split`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer.
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
 }

@@ -34,6 +34,29 @@ fn layout(buf: &PyBuffer<f32>, name: &str, ndim: usize) -> PyResult<(Vec<usize>,
     Ok((buf.shape().to_vec(), strides))
 }
 
+/// `obj` as a float32 buffer, or a TypeError naming the argument.
+fn float_buffer(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<PyBuffer<f32>> {
+    PyBuffer::<f32>::get(obj)
+        .map_err(|e| PyTypeError::new_err(format!("{name} must be a float32 buffer: {e}")))
+}
+
+/// A ValueError unless the output buffer `out` shares no float with any input (its first
+/// float and the number of floats its view spans).
+fn check_apart(out: &PyBuffer<f32>, inputs: &[(&PyBuffer<f32>, usize)]) -> PyResult<()> {
+    let item = std::mem::size_of::<f32>();
+    let (start, end) = (
+        out.buf_ptr() as usize,
+        out.buf_ptr() as usize + out.item_count() * item,
+    );
+    for (buf, extent) in inputs {
+        let first = buf.buf_ptr() as usize;
+        if first < end && start < first + extent * item {
+            return Err(PyValueError::new_err("out overlaps an input"));
+        }
+    }
+    Ok(())
+}
+
 /// The floats a buffer's view spans, from its first element.
 ///
 /// # Safety
@@ -62,11 +85,12 @@ fn decode_attention(
     scale: f32,
     threads: usize,
 ) -> PyResult<()> {
-    let get = |obj: &Bound<'_, PyAny>, name: &str| {
-        PyBuffer::<f32>::get(obj)
-            .map_err(|e| PyTypeError::new_err(format!("{name} must be a float32 buffer: {e}")))
-    };
-    let (qb, kb, vb, ob) = (get(q, "q")?, get(k, "k")?, get(v, "v")?, get(out, "out")?);
+    let (qb, kb, vb, ob) = (
+        float_buffer(q, "q")?,
+        float_buffer(k, "k")?,
+        float_buffer(v, "v")?,
+        float_buffer(out, "out")?,
+    );
     let (qs, qst) = layout(&qb, "q", 3)?;
     let (ks, kst) = layout(&kb, "k", 4)?;
     let (vs, vst) = layout(&vb, "v", 4)?;
@@ -92,13 +116,8 @@ fn decode_attention(
             .ok_or_else(|| PyValueError::new_err(format!("{name} is empty")))
     };
     let (qe, ke, ve) = (extent(q3, "q")?, extent(k3, "k")?, extent(v3, "v")?);
-    let (op, on) = (ob.buf_ptr() as usize, ob.item_count());
-    for (buf, e) in [(&qb, qe), (&kb, ke), (&vb, ve)] {
-        let start = buf.buf_ptr() as usize;
-        if start < op + on * 4 && op < start + e * 4 {
-            return Err(PyValueError::new_err("out overlaps an input"));
-        }
-    }
+    check_apart(&ob, &[(&qb, qe), (&kb, ke), (&vb, ve)])?;
+    let on = ob.item_count();
     py.allow_threads(|| {
         // SAFETY: each span covers its buffer's elements (shape, strides, first element), and
         // the buffers stay alive (held by this frame) while the GIL is released; out is
@@ -127,11 +146,11 @@ fn panel_matmul(
     out: &Bound<'_, PyAny>,
     threads: usize,
 ) -> PyResult<()> {
-    let get = |obj: &Bound<'_, PyAny>, name: &str| {
-        PyBuffer::<f32>::get(obj)
-            .map_err(|e| PyTypeError::new_err(format!("{name} must be a float32 buffer: {e}")))
-    };
-    let (xb, pb, ob) = (get(x, "x")?, get(panels, "panels")?, get(out, "out")?);
+    let (xb, pb, ob) = (
+        float_buffer(x, "x")?,
+        float_buffer(panels, "panels")?,
+        float_buffer(out, "out")?,
+    );
     let (xs, xst) = layout(&xb, "x", 2)?;
     let (ps, _) = layout(&pb, "panels", 3)?;
     let (os, _) = layout(&ob, "out", 2)?;
@@ -153,13 +172,8 @@ fn panel_matmul(
         return Err(PyValueError::new_err("empty product"));
     }
     let x_extent = (rows - 1) * xst[0] + inner;
-    let (op, on) = (ob.buf_ptr() as usize, ob.item_count());
-    for (buf, e) in [(&xb, x_extent), (&pb, pb.item_count())] {
-        let start = buf.buf_ptr() as usize;
-        if start < op + on * 4 && op < start + e * 4 {
-            return Err(PyValueError::new_err("out overlaps an input"));
-        }
-    }
+    check_apart(&ob, &[(&xb, x_extent), (&pb, pb.item_count())])?;
+    let on = ob.item_count();
     py.allow_threads(|| {
         // SAFETY: as in `decode_attention`: spans within the buffers, alive while the GIL is
         // released, out contiguous, writable and apart from the inputs.

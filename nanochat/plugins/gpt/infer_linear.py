@@ -21,7 +21,8 @@ Derived matrices are cached and rebuilt when a source changes (an optimizer step
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,8 @@ PANEL = 16
 
 
 class InferenceWeights:
-    """Caches of weights derived for inference: stacked and split layouts."""
+    """Caches of weights derived for inference: stacked, panel and split layouts, and small
+    parameters as Python numbers."""
 
     def __init__(self) -> None:
         self._stacked: dict[tuple[int, ...], tuple[_Key, torch.Tensor]] = {}
@@ -59,11 +61,8 @@ class InferenceWeights:
         indexing operation and no tensor multiply in a decode step), read again when it
         changed."""
         ids, key = _identity((scalars,))
-        held = self._floats.get(ids)
-        if held is None or held[0] != key:
-            held = (key, [float(v) for v in scalars.detach().float().reshape(-1).tolist()])
-            self._floats[ids] = held
-        return held[1]
+        values = scalars.detach().float().reshape(-1).tolist
+        return _fresh(self._floats, ids, key, lambda: (key, [float(v) for v in values()]))[1]
 
     def stacked(self, *weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """``weights`` (each ``(out_i, in)``) stacked into one ``(sum out_i, in)`` matrix (with
@@ -71,12 +70,7 @@ class InferenceWeights:
         if len(weights) == 1:
             return weights[0].detach()
         ids, key = _identity(weights)
-        ids += (dim,)
-        held = self._stacked.get(ids)
-        if held is None or held[0] != key:
-            held = (key, torch.cat([w.detach() for w in weights], dim=dim))
-            self._stacked[ids] = held
-        return held[1]
+        return _fresh(self._stacked, ids + (dim,), key, lambda: (key, _joined(weights, dim)))[1]
 
     def linear(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         """``x @ stacked(weights).T`` (``x``: ``(..., in)``). For at most
@@ -116,12 +110,12 @@ class InferenceWeights:
         """``x @ stacked(weights).T`` by the panel kernel of ``nanochat-kernels``."""
         assert cpu_kernels.compiled is not None
         ids, key = _identity(weights)
-        held = self._panels.get(ids)
-        if held is None or held[0] != key:
-            stacked = torch.cat([w.detach() for w in weights])
-            panels = stacked.view(out // PANEL, PANEL, -1).transpose(1, 2).contiguous()
-            held = (key, panels, panels.numpy())
-            self._panels[ids] = held
+
+        def build() -> tuple[_Key, torch.Tensor, Any]:
+            panels = _joined(weights).view(out // PANEL, PANEL, -1).transpose(1, 2).contiguous()
+            return key, panels, panels.numpy()
+
+        held = _fresh(self._panels, ids, key, build)
         flat = x.reshape(rows, x.size(-1))
         if flat.requires_grad:
             flat = flat.detach()
@@ -136,14 +130,33 @@ class InferenceWeights:
     def _split_weight(self, weights: tuple[torch.Tensor, ...], parts: int) -> torch.Tensor:
         """The stacked matrix as ``parts`` transposed column slices ``(parts, in, out/parts)``."""
         ids, key = _identity(weights)
-        held = self._split.get(ids)
-        if held is None or held[0] != key or held[1] != parts:
-            stacked = torch.cat([w.detach() for w in weights])
+        key += (parts,)
+
+        def build() -> tuple[_Key, int, torch.Tensor]:
+            stacked = _joined(weights)
             out, width = stacked.shape
-            split = stacked.view(parts, out // parts, width).transpose(1, 2).contiguous()
-            held = (key, parts, split)
-            self._split[ids] = held
-        return held[2]
+            return key, parts, stacked.view(parts, out // parts, width).transpose(1, 2).contiguous()
+
+        return _fresh(self._split, ids, key, build)[2]
+
+
+_Held = TypeVar("_Held", bound=tuple[Any, ...])
+
+
+def _fresh(
+    store: dict[tuple[int, ...], _Held], ids: tuple[int, ...], key: _Key, build: Callable[[], _Held]
+) -> _Held:
+    """The entry ``store`` holds for ``ids`` (``(key, derived...)``), made again by ``build``
+    when missing or made from weights in another state than ``key``."""
+    held = store.get(ids)
+    if held is None or held[0] != key:
+        held = store[ids] = build()
+    return held
+
+
+def _joined(weights: tuple[torch.Tensor, ...], dim: int = 0) -> torch.Tensor:
+    """``weights`` concatenated along ``dim``, outside autograd."""
+    return torch.cat([w.detach() for w in weights], dim=dim)
 
 
 def _tracked(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> bool:

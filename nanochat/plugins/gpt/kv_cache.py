@@ -57,10 +57,6 @@ class KVCache:
         """Tokens held per row, ``(batch_size,)`` long (a new CPU tensor)."""
         return torch.tensor(self._held, dtype=torch.long)
 
-    def held_by(self, rows: torch.Tensor | None = None) -> list[int]:
-        """Tokens held by ``rows`` (every row when None), as Python integers."""
-        return list(self._held) if rows is None else [self._held[r] for r in rows.tolist()]
-
     def reset(self, rows: Sequence[int] | None = None) -> None:
         """Empty ``rows`` (every row when None); their old keys are never read again."""
         for row in range(self.batch_size) if rows is None else rows:
@@ -81,23 +77,24 @@ class KVCache:
 
     def prepare(
         self, new_tokens: int, device: torch.device, rows: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor | None, int, int | None]:
+    ) -> tuple[torch.Tensor | None, int, int | None, list[int]]:
         """Before a forward pass of ``new_tokens`` per row: the positions of the new tokens
         ``(rows, new_tokens)`` (None when the rows share a start, which then says it all), how
-        many key slots the pass must read, and that common start (None when rows differ).
+        many key slots the pass must read, that common start (None when rows differ), and the
+        tokens each row holds before the pass.
 
         Raises:
             ValueError: a row would exceed ``max_len``.
         """
-        held = self.held_by(rows)
+        held = list(self._held) if rows is None else [self._held[r] for r in rows.tolist()]
         low, high = min(held), max(held)
         needed = high + new_tokens
         if needed > self.max_len:
             raise ValueError(f"KV cache full: {needed} positions needed, {self.max_len} allocated")
         if low == high:
-            return None, needed, low
+            return None, needed, low, held
         start = torch.tensor(held, device=device)[:, None]
-        return start + torch.arange(new_tokens, device=device)[None, :], needed, None
+        return start + torch.arange(new_tokens, device=device)[None, :], needed, None, held
 
     def insert_kv(
         self,
@@ -220,8 +217,8 @@ def begin_cached_pass(
     T = idx.size(1)
     if rows is not None:
         rows = rows.to(idx.device)
-    positions, length, start = cache.prepare(T, idx.device, rows)
-    ends = [held + 1 for held in cache.held_by(rows)] if T == 1 else None
+    positions, length, start, held = cache.prepare(T, idx.device, rows)
+    ends = [h + 1 for h in held] if T == 1 else None
     if length > max_context:
         raise ValueError(f"sequence of {length} tokens exceeds the context {max_context}")
     if start is None:
